@@ -1,0 +1,3 @@
+from prodclf.cli import main
+
+raise SystemExit(main())

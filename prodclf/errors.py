@@ -1,0 +1,98 @@
+"""Named errors and the row-level error codes of the commodity library.
+
+Two kinds of failure exist. A *refusal* (``ProdclfError`` and subclasses) stops a
+command before any work starts, with one line naming what is wrong. A *row error*
+(``RowError``) concerns one product: it becomes an ``status=error`` row carrying one of
+the ``ErrorCode`` values below, and the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import Enum
+
+
+class ProdclfError(Exception):
+    """A refusal: the command cannot start. ``str(err)`` is the one-line message."""
+
+
+class ConfigError(ProdclfError):
+    """A bad argument or configuration value."""
+
+
+class InputError(ProdclfError):
+    """The base library (or another input dataset) is missing or unusable."""
+
+
+class SchemaMismatch(InputError):
+    """A dataset lacks columns or has them with the wrong types."""
+
+    def __init__(
+        self,
+        what: str,
+        missing: Iterable[str] = (),
+        wrong_types: Iterable[tuple[str, str, str]] = (),
+        found: Iterable[str] = (),
+    ) -> None:
+        self.what = what
+        self.missing = sorted(missing)
+        self.wrong_types = sorted(wrong_types)
+        self.found = list(found)
+        parts = []
+        if self.missing:
+            parts.append("missing column(s) " + ", ".join(self.missing))
+        if self.wrong_types:
+            parts.append(
+                "wrong type(s) "
+                + ", ".join(f"{c} (expected {e}, found {f})" for c, e, f in self.wrong_types)
+            )
+        found_txt = ", ".join(self.found) if self.found else "none"
+        super().__init__(f"{what}: {'; '.join(parts)} (columns found: {found_txt})")
+
+
+class ModelBundleError(ProdclfError):
+    """The model bundle cannot be read or does not follow the bundle contract."""
+
+
+class ErrorCode(str, Enum):
+    """Why a product got ``status=error``. Values are stable: downstream tables filter on them."""
+
+    INVALID_URI = "invalid_uri"
+    URI_NOT_ALLOWED = "uri_not_allowed"
+    NOT_FOUND = "not_found"
+    ACCESS_DENIED = "access_denied"
+    OBJECT_TOO_LARGE = "object_too_large"
+    EMPTY_OBJECT = "empty_object"
+    FETCH_FAILED = "fetch_failed"
+    UNDECODABLE_IMAGE = "undecodable_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    INFERENCE_FAILED = "inference_failed"
+
+
+ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
+    ErrorCode.INVALID_URI: "image_uri is null, empty or not a well-formed s3:// or file:// URI",
+    ErrorCode.URI_NOT_ALLOWED: "the URI's scheme or bucket is outside the configured allowlist; "
+    "it was never fetched",
+    ErrorCode.NOT_FOUND: "no object at that URI (S3 404 / NoSuchKey, or no such file)",
+    ErrorCode.ACCESS_DENIED: "the store refused access (S3 403, or file permissions)",
+    ErrorCode.OBJECT_TOO_LARGE: "the object is larger than storage.max_object_bytes; "
+    "it was not downloaded",
+    ErrorCode.EMPTY_OBJECT: "the object exists but has zero bytes",
+    ErrorCode.FETCH_FAILED: "the store kept failing after all retries (5xx, throttling, "
+    "timeouts, resets)",
+    ErrorCode.UNDECODABLE_IMAGE: "the bytes are not an image Pillow can decode (truncated, "
+    "corrupt, HTML/PDF/text, unknown format)",
+    ErrorCode.IMAGE_TOO_LARGE: "declared dimensions exceed storage.max_pixels "
+    "(decompression-bomb guard); pixels were never decoded",
+    ErrorCode.INFERENCE_FAILED: "the model raised on this batch; every product of the batch "
+    "gets this code",
+}
+
+
+class RowError(Exception):
+    """A per-product failure that becomes an error row, never a crashed task."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message

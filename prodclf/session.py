@@ -1,0 +1,60 @@
+"""The one place a SparkSession is created; everything else receives it as an argument."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from prodclf.config import SparkConfig
+
+
+def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSession:
+    """Build (or join) the session with the settings every prodclf job relies on.
+
+    Under spark-submit the master and resources come from spark-submit; run as a plain
+    command with no ``--master``, it is local Spark on all cores (the embedded default).
+    """
+    builder = SparkSession.builder.appName(cfg.app_name)
+    under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
+    master = cfg.master or (None if under_submit else "local[*]")
+    if master:
+        builder = builder.master(master)
+    if master and master.startswith("local"):
+        # Local Python workers must run this interpreter, with prodclf and its pins.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    settings = {
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch_size),
+        "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.parquet.compression.codec": "zstd",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.python.worker.reuse": "true",
+    }
+    if cfg.shuffle_partitions:
+        settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    settings.update(s3a_settings(os.environ))
+    settings.update(dict(cfg.conf))
+    for key, value in settings.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(os.environ.get("PRODCLF_SPARK_LOG_LEVEL", "WARN"))
+    return spark
+
+
+def s3a_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
+    """Point Hadoop's s3a connector at the same endpoint boto3 uses (MinIO, Ceph, moto...).
+
+    Credentials are not copied: s3a's default provider chain reads the same AWS variables,
+    profiles and instance roles, and nothing secret ends up in the Spark configuration.
+    """
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if not endpoint:
+        return {}
+    return {
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
+    }

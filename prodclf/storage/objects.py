@@ -1,0 +1,241 @@
+"""Reading and writing single objects on S3 (boto3) or the local filesystem.
+
+One boto3 client per Python worker process (clients are thread-safe and hold the
+connection pool), configured only through the standard AWS settings chain, so
+``AWS_ENDPOINT_URL_S3``, profiles, instance roles and IRSA all work unchanged.
+Per-row reads raise ``RowError`` with a code; whole-object helpers used by the driver
+raise ``OSError`` subclasses that callers turn into refusals.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from prodclf.config import StorageConfig
+from prodclf.errors import ErrorCode, RowError
+from prodclf.storage.uris import ObjectRef, parse_uri
+
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+}
+
+
+@lru_cache(maxsize=8)
+def s3_client(
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 30.0,
+    retry_mode: str = "standard",
+    max_attempts: int = 5,
+    max_pool_connections: int = 16,
+) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        connect_timeout=connect_timeout_s,
+        read_timeout=read_timeout_s,
+        retries={"mode": retry_mode, "max_attempts": max_attempts},
+        max_pool_connections=max_pool_connections,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+def client_for(cfg: StorageConfig) -> Any:
+    return s3_client(
+        cfg.connect_timeout_s,
+        cfg.read_timeout_s,
+        cfg.retry_mode,
+        cfg.max_attempts,
+        max(cfg.fetch_concurrency, 10),
+    )
+
+
+def fetch_image_bytes(ref: ObjectRef, cfg: StorageConfig) -> bytes:
+    """The object's bytes, or a ``RowError``; never reads more than ``max_object_bytes``."""
+    if ref.scheme == "s3":
+        return _fetch_s3(ref, cfg)
+    return _fetch_file(ref, cfg.max_object_bytes)
+
+
+def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
+    path = ref.key
+    try:
+        size = os.stat(path).st_size
+        if os.path.isdir(path):
+            raise RowError(ErrorCode.NOT_FOUND, f"{ref.uri} is a directory, not an object")
+        if size > limit:
+            raise RowError(ErrorCode.OBJECT_TOO_LARGE, f"{size} bytes exceeds the limit of {limit}")
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except FileNotFoundError:
+        raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
+    except PermissionError:
+        raise RowError(ErrorCode.ACCESS_DENIED, f"permission denied: {ref.uri}") from None
+    except OSError as exc:
+        raise RowError(ErrorCode.FETCH_FAILED, f"{type(exc).__name__}: {exc.strerror}") from None
+    return _checked(data, limit)
+
+
+def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    client = client_for(cfg)
+    limit = cfg.max_object_bytes
+    # botocore retries the request itself; a failure while streaming the body is retried here.
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            resp = client.get_object(Bucket=ref.bucket, Key=ref.key)
+            body = resp["Body"]
+            try:
+                length = resp.get("ContentLength")
+                if length is not None and length > limit:
+                    raise RowError(
+                        ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
+                    )
+                data = body.read(limit + 1)
+            finally:
+                body.close()
+            return _checked(data, limit)
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _NOT_FOUND or status == "404":
+                raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
+            if code in _DENIED or status == "403":
+                raise RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}") from None
+            last = f"S3 error {code or status}"
+        except BotoCoreError as exc:
+            last = f"{type(exc).__name__}"
+        if attempt < cfg.max_attempts:
+            time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {cfg.max_attempts} attempts: {ref.uri}")
+
+
+def _checked(data: bytes, limit: int) -> bytes:
+    if len(data) > limit:
+        raise RowError(ErrorCode.OBJECT_TOO_LARGE, f"object exceeds the limit of {limit} bytes")
+    if not data:
+        raise RowError(ErrorCode.EMPTY_OBJECT, "object has zero bytes")
+    return data
+
+
+# --- whole objects and prefixes, for the driver (bundles, manifests, demo data) -------------
+
+
+def _ref(uri: str) -> ObjectRef:
+    try:
+        return parse_uri(uri if "://" in uri else "file://" + os.path.abspath(uri))
+    except RowError as exc:
+        raise OSError(exc.message) from None
+
+
+def read_bytes(uri: str) -> bytes:
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        return Path(ref.key).read_bytes()
+    from botocore.exceptions import ClientError
+
+    try:
+        resp = s3_client().get_object(Bucket=ref.bucket, Key=ref.key)
+    except ClientError as exc:
+        raise FileNotFoundError(f"{uri}: {exc.response.get('Error', {}).get('Code')}") from None
+    data: bytes = resp["Body"].read()
+    return data
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object; local files are written to a temp name and renamed into place."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        path = Path(ref.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        return
+    s3_client().put_object(Bucket=ref.bucket, Key=ref.key, Body=data)
+
+
+def exists(uri: str) -> bool:
+    """True for an existing object, file, directory or non-empty S3 prefix."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        return os.path.exists(ref.key)
+    from botocore.exceptions import ClientError
+
+    prefix = ref.key.rstrip("/")
+    try:
+        resp = s3_client().list_objects_v2(Bucket=ref.bucket, Prefix=prefix, MaxKeys=2)
+    except ClientError as exc:
+        raise OSError(f"{uri}: {exc.response.get('Error', {}).get('Code')}") from None
+    return any(
+        o["Key"] == prefix or o["Key"].startswith(prefix + "/") for o in resp.get("Contents", [])
+    )
+
+
+def list_files(uri: str) -> Iterator[tuple[str, str]]:
+    """(relative path, uri) of every object below a prefix or directory."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        root = Path(ref.key)
+        for p in sorted(root.rglob("*")):
+            if p.is_file():
+                yield p.relative_to(root).as_posix(), "file://" + str(p)
+        return
+    prefix = ref.key.rstrip("/") + "/"
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            rel = obj["Key"][len(prefix) :]
+            if rel:
+                yield rel, f"s3://{ref.bucket}/{obj['Key']}"
+
+
+def local_path(uri: str) -> Path:
+    """The local path of a ``file://`` URI or plain path."""
+    ref = _ref(uri)
+    if ref.scheme != "file":
+        raise OSError(f"{uri} is not a local path")
+    return Path(ref.key)
+
+
+def copy_tree_to_local(uri: str, dest: Path) -> Path:
+    """Materialise a directory or S3 prefix under ``dest`` (for model bundles)."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        return Path(ref.key)
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel, obj_uri in list_files(uri):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        obj = _ref(obj_uri)
+        s3_client().download_file(obj.bucket, obj.key, str(target))
+    return dest
+
+
+def copy_tree_from_local(src: Path, uri: str) -> None:
+    """Publish a local directory to a directory or S3 prefix (for model bundles)."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        dest = Path(ref.key)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.copytree(src, dest)
+        return
+    for p in sorted(src.rglob("*")):
+        if p.is_file():
+            key = ref.key.rstrip("/") + "/" + p.relative_to(src).as_posix()
+            s3_client().upload_file(str(p), ref.bucket, key)

@@ -1,0 +1,78 @@
+"""The tagging transforms: pure ``DataFrame -> DataFrame`` steps chained with ``df.transform``.
+
+They know nothing of paths or storage; ``prodclf.tag`` wires them between the reads and
+writes of ``prodclf.storage.tables``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from prodclf.schemas import COMMODITY_LIBRARY, STATUS_OK
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What every output row of one run carries."""
+
+    run_id: str
+    run_date: date
+    model_name: str
+    model_version: str
+    tagged_at: datetime
+
+
+def select_products(base: DataFrame) -> DataFrame:
+    """One row per distinct non-null ``product_id`` with its image reference.
+
+    Duplicate product rows collapse to one (the smallest non-null ``image_uri``, so the
+    choice is deterministic across reruns); rows without a ``product_id`` cannot be keyed
+    and are counted in the run manifest instead (see ``tag.count_input``).
+    """
+    return (
+        base.where(F.col("product_id").isNotNull())
+        .groupBy("product_id")
+        .agg(F.min("image_uri").alias("image_uri"))
+    )
+
+
+def classify(products: DataFrame, tag_udf: Any) -> DataFrame:
+    """Adds the ``prediction`` struct produced by the inference UDF."""
+    return products.withColumn("prediction", tag_udf(F.col("image_uri")))
+
+
+def to_commodity_rows(classified: DataFrame, run: RunInfo, review_threshold: float) -> DataFrame:
+    """Shape classified products into the commodity library contract (``COMMODITY_LIBRARY``)."""
+    p = F.col("prediction")
+    ok = p["status"] == F.lit(STATUS_OK)
+    top_k: Column = F.zip_with(
+        p["top_k_categories"],
+        p["top_k_scores"],
+        lambda c, s: F.struct(c.alias("category"), s.alias("score")),
+    )
+    columns = {
+        "product_id": F.col("product_id"),
+        "image_uri": F.col("image_uri"),
+        "category": p["category"],
+        "category_id": p["category_id"],
+        "confidence": F.when(ok, p["confidence"]),
+        "top_k": top_k,
+        # Error rows need a person as much as doubtful ones do.
+        "needs_review": F.when(ok, p["confidence"] < F.lit(review_threshold)).otherwise(True),
+        "status": p["status"],
+        "error_code": p["error_code"],
+        "error_message": p["error_message"],
+        "model_name": F.lit(run.model_name),
+        "model_version": F.lit(run.model_version),
+        "run_id": F.lit(run.run_id),
+        "tagged_at": F.lit(run.tagged_at).cast("timestamp"),
+        "run_date": F.lit(run.run_date).cast("date"),
+    }
+    return classified.select(
+        *[columns[f.name].cast(f.dataType).alias(f.name) for f in COMMODITY_LIBRARY.fields]
+    )
