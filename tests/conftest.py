@@ -19,8 +19,64 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+#: The test secret: it must never appear in any log, manifest or output of a run.
+TEST_SECRET = "prodclf-test-secret-9f3c2a"
+
+
 @pytest.fixture(scope="session")
-def spark() -> Iterator[object]:
+def s3_endpoint() -> Iterator[str]:
+    """An S3-compatible HTTP server on loopback (moto's server mode), for the whole session.
+
+    It starts before Spark so that Python workers inherit the standard AWS settings
+    (``AWS_ENDPOINT_URL_S3``, credentials, region): the code under test uses boto3's
+    ordinary settings chain, nothing is patched in-process.
+    """
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in _AWS_ENV}
+    os.environ.update(
+        {
+            "AWS_ENDPOINT_URL_S3": endpoint,
+            "AWS_ACCESS_KEY_ID": "prodclf-test-key",
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        }
+    )
+    yield endpoint
+    server.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+_AWS_ENV = (
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> object:
+    """A boto3 S3 client for arranging test data on the server (same settings chain)."""
+    import boto3
+
+    return boto3.client("s3")
+
+
+@pytest.fixture(scope="session")
+def spark(s3_endpoint: str) -> Iterator[object]:
     from prodclf.config import SparkConfig
     from prodclf.session import create_session
 
