@@ -64,13 +64,15 @@ class InferenceConfig:
     # Fixed model batch: every call to the model has this many rows (the tail is padded),
     # so the compiled graph is traced once.
     model_batch_size: int = 64
+    # Upper bound on products per inference task (more, smaller tasks retry cheaper).
+    rows_per_partition: int = 2000
     top_k: int = 3
     review_threshold: float = 0.6
     # Use the GPUs Spark assigned to the task (spark.task.resource.gpu.amount).
     use_gpu: bool = True
 
     def validate(self) -> None:
-        _positive(self, "arrow_batch_size", "model_batch_size", "top_k")
+        _positive(self, "arrow_batch_size", "model_batch_size", "top_k", "rows_per_partition")
         if not 0.0 <= self.review_threshold <= 1.0:
             raise ConfigError(
                 f"inference.review_threshold must be within [0, 1], not {self.review_threshold}"
@@ -135,7 +137,11 @@ def load_yaml(path: str | None) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"--config {path}: no such file")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config {path}: cannot be read as text ({exc})") from None
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ConfigError(f"--config {path}: not valid YAML ({first})") from None
@@ -188,7 +194,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, (int, float)) and not isinstance(default, bool):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, found {value!r}")
-        return type(default)(value) if isinstance(default, float) else value
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{where}: expected a whole number, found {value!r}")
+        return int(value)
     return value
 
 

@@ -23,7 +23,13 @@ from prodclf.inference import tag_images_udf
 from prodclf.schemas import STATUS_ERROR, STATUS_OK
 from prodclf.storage import tables
 from prodclf.storage.uris import is_same_or_inside, normalize_location
-from prodclf.tagging import RunInfo, classify, select_products, to_commodity_rows
+from prodclf.tagging import (
+    RunInfo,
+    classify,
+    plan_partitions,
+    select_products,
+    to_commodity_rows,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +91,13 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta | None = None)
 
     run = RunInfo(cfg.run_id, cfg.run_date, meta.model_name, meta.model_version, started)
     udf = tag_images_udf(normalize_location(cfg.model), cfg.storage, cfg.inference)
+    partitions = plan_partitions(
+        counts.distinct_products,
+        spark.sparkContext.defaultParallelism,
+        cfg.inference.rows_per_partition,
+    )
     rows = (
-        base.transform(select_products)
+        base.transform(select_products, partitions)
         .transform(classify, udf)
         .transform(to_commodity_rows, run, cfg.inference.review_threshold)
     )

@@ -27,18 +27,26 @@ class RunInfo:
     tagged_at: datetime
 
 
-def select_products(base: DataFrame) -> DataFrame:
+def select_products(base: DataFrame, num_partitions: int | None = None) -> DataFrame:
     """One row per distinct non-null ``product_id`` with its image reference.
+
+    ``num_partitions`` fixes how many inference tasks there will be: the rows are tiny,
+    so left to itself adaptive execution would coalesce a whole catalog into one task.
+    Hash-partitioning by ``product_id`` before the aggregation costs no extra shuffle.
 
     Duplicate product rows collapse to one (the smallest non-null ``image_uri``, so the
     choice is deterministic across reruns); rows without a ``product_id`` cannot be keyed
     and are counted in the run manifest instead (see ``tag.count_input``).
     """
-    return (
-        base.where(F.col("product_id").isNotNull())
-        .groupBy("product_id")
-        .agg(F.min("image_uri").alias("image_uri"))
-    )
+    keyed = base.where(F.col("product_id").isNotNull())
+    if num_partitions:
+        keyed = keyed.repartition(num_partitions, "product_id")
+    return keyed.groupBy("product_id").agg(F.min("image_uri").alias("image_uri"))
+
+
+def plan_partitions(products: int, parallelism: int, rows_per_partition: int) -> int:
+    """Enough tasks to keep every core busy, and no task longer than ``rows_per_partition``."""
+    return max(1, parallelism, -(-products // rows_per_partition))
 
 
 def classify(products: DataFrame, tag_udf: Any) -> DataFrame:

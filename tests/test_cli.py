@@ -1,0 +1,175 @@
+"""The command line: help, refusals (one line, exit 2, nothing written) and the job entry."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from catalog import build_catalog
+from pyspark.sql import SparkSession
+
+from prodclf.cli import EXIT_REFUSED, main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("command", ["tag", "train", "demo"])
+def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: prodclf " + command in capsys.readouterr().out
+
+
+def run_refused(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code  # type: ignore[assignment]
+    err = capsys.readouterr().err
+    assert code == EXIT_REFUSED, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("prodclf: error: ") or lines[0].startswith("prodclf tag: error: ")
+    return lines[0]
+
+
+@pytest.fixture
+def layout(tmp_path: Path, color_bundle: Path) -> dict[str, Path]:
+    cat = build_catalog(tmp_path / "catalog", n_ok=2)
+    return {"base": cat.base, "out": tmp_path / "commodity", "model": color_bundle, "tmp": tmp_path}
+
+
+def tag_args(layout: dict[str, Path], **override: object) -> list[str]:
+    args = {
+        "--base-library": layout["base"],
+        "--commodity-library": layout["out"],
+        "--model": layout["model"],
+        "--run-date": "2026-11-21",
+        **override,
+    }
+    argv = ["tag"]
+    for key, value in args.items():
+        if value is not None:
+            argv += [key, str(value)]
+    return argv
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+REFUSALS = {
+    "bad date": ({"--run-date": "2026-13-01"}, "--run-date '2026-13-01' is not a date"),
+    "bad run id": ({"--run-id": "../escape"}, "--run-id '../escape'"),
+    "missing base library": ({"--base-library": "{tmp}/nowhere"}, "base library"),
+    "commodity inside base": ({"--commodity-library": "{base}/tags"}, "is inside the base library"),
+    "commodity equals base": ({"--commodity-library": "{base}"}, "is inside the base library"),
+    "model missing": ({"--model": "{tmp}/no-model"}, "cannot read bundle.json"),
+    "model without savedmodel": ({"--model": "{tmp}/half-model"}, "no saved_model/saved_model.pb"),
+    "model metadata not json": ({"--model": "{tmp}/junk-model"}, "bundle.json is not JSON"),
+    "negative top-k": ({"--top-k": "-1"}, "inference.top_k must be positive"),
+    "threshold out of range": ({"--review-threshold": "1.5"}, "review_threshold must be within"),
+    "unknown config key": ({"--config": "{tmp}/bad.yaml"}, "unknown key(s) max_bytes"),
+    "missing config file": ({"--config": "{tmp}/none.yaml"}, "no such file"),
+    "missing required flag": ({"--model": None}, "the following arguments are required: --model"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_bad_arguments_are_refused_before_any_work(
+    case: str, layout: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    tmp = layout["tmp"]
+    (tmp / "half-model").mkdir()
+    (tmp / "half-model" / "bundle.json").write_text((layout["model"] / "bundle.json").read_text())
+    (tmp / "junk-model").mkdir()
+    (tmp / "junk-model" / "bundle.json").write_text("{not json")
+    write_yaml(tmp / "bad.yaml", "storage:\n  max_bytes: 10\n")
+    override, message = REFUSALS[case]
+    fmt = {k: str(v) for k, v in layout.items()}
+    resolved = {k: (v.format(**fmt) if isinstance(v, str) else v) for k, v in override.items()}
+
+    line = run_refused(tag_args(layout, **resolved), capsys)
+
+    assert message in line
+    assert not layout["out"].exists()
+    assert not (layout["base"] / "tags").exists()
+
+
+def write_base(path: Path, frame: pd.DataFrame) -> Path:
+    path.mkdir(parents=True)
+    frame.to_parquet(path / "part-0.parquet", index=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("frame", "message"),
+    [
+        (
+            pd.DataFrame({"product_id": ["a"], "img": ["file:///x.png"]}),
+            "missing column(s) image_uri (columns found: product_id, img)",
+        ),
+        (
+            pd.DataFrame({"product_id": [1], "image_uri": ["file:///x.png"]}),
+            "wrong type(s) product_id (expected string, found bigint)",
+        ),
+        (
+            pd.DataFrame(
+                {
+                    "product_id": pd.Series([], dtype="string"),
+                    "image_uri": pd.Series([], dtype="string"),
+                }
+            ),
+            "has no rows; nothing to tag",
+        ),
+    ],
+    ids=["missing column", "wrong type", "empty"],
+)
+def test_unusable_base_library_is_refused_naming_the_problem(
+    spark: SparkSession,
+    frame: pd.DataFrame,
+    message: str,
+    layout: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    base = write_base(layout["tmp"] / "bad-base", frame)
+    line = run_refused(tag_args(layout, **{"--base-library": str(base)}), capsys)
+    assert message in line
+    assert not layout["out"].exists()
+
+
+def test_spark_submit_entry_refuses_in_one_line_without_starting_spark(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "jobs" / "tag_catalog.py"),
+            "--base-library",
+            str(tmp_path / "base"),
+            "--commodity-library",
+            str(tmp_path / "out"),
+            "--model",
+            str(tmp_path / "m"),
+            "--run-date",
+            "yesterday",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == EXIT_REFUSED
+    assert proc.stderr.strip().splitlines() == [
+        "prodclf: error: --run-date 'yesterday' is not a date in YYYY-MM-DD form"
+    ]
+    assert not (tmp_path / "out").exists()
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "prodclf"
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.startswith("prodclf ")
