@@ -180,7 +180,9 @@ def tag_config(args: argparse.Namespace) -> TagConfig:
         run_id=run_id,
         storage=storage,
         inference=inference,
-        spark=with_overrides(spark, app_name=f"prodclf-tag-{run_id}"),
+        spark=spark
+        if spark.app_name != "prodclf"
+        else with_overrides(spark, app_name=f"prodclf-tag-{run_id}"),
     )
     cfg.validate()
     return cfg

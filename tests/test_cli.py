@@ -173,3 +173,18 @@ def test_console_script_is_installed() -> None:
     script = Path(sys.executable).parent / "prodclf"
     proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and proc.stdout.startswith("prodclf ")
+
+
+def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> None:
+    from prodclf.cli import build_parser, tag_config
+
+    args = build_parser().parse_args(
+        tag_args(layout, **{"--config": ROOT / "infra" / "config" / "nightly.yaml", "--top-k": 5})
+    )
+    cfg = tag_config(args)
+    assert cfg.storage.allowed_buckets == ("catalog-images",)
+    assert cfg.storage.allowed_schemes == ("s3",)
+    assert cfg.inference.top_k == 5  # the flag wins over the file
+    assert cfg.inference.review_threshold == 0.6
+    assert dict(cfg.spark.conf) == {"spark.sql.shuffle.partitions": "400"}
+    assert cfg.spark.app_name == "prodclf-nightly"
