@@ -47,7 +47,8 @@ class SchemaMismatch(InputError):
                 + ", ".join(f"{c} (expected {e}, found {f})" for c, e, f in self.wrong_types)
             )
         found_txt = ", ".join(self.found) if self.found else "none"
-        super().__init__(f"{what}: {'; '.join(parts)} (columns found: {found_txt})")
+        detail = f"{'; '.join(parts)} " if parts else ""
+        super().__init__(f"{what}: {detail}(columns found: {found_txt})")
 
 
 class ModelBundleError(ProdclfError):

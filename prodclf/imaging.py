@@ -20,7 +20,8 @@ from prodclf.errors import ErrorCode, RowError
 
 # Truncated files are errors, never silently padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Our own pixel guard runs first (see decode_image); Pillow's stays as a backstop.
+# Pillow's global bomb limit is replaced by ours (storage.max_pixels, per call), which is
+# checked on the declared size before any pixel is decoded (see decode_to_uint8).
 Image.MAX_IMAGE_PIXELS = None
 
 COLOR_MODES = ("rgb", "grayscale")
@@ -70,7 +71,7 @@ def decode_to_uint8(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.nd
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             width, height = img.size
             if width * height > max_pixels:
                 raise RowError(

@@ -89,6 +89,8 @@ def check_matches(schema: StructType, expected: StructType, what: str) -> None:
         missing = [n for n, _ in want if n not in have]
         wrong = [(n, t, have[n]) for n, t in want if n in have and have[n] != t]
         extra = [n for n, _ in got if n not in dict(want)]
+        if not (missing or wrong or extra):
+            what += f" (columns out of order; expected {', '.join(n for n, _ in want)})"
         raise SchemaMismatch(
             what + (f" (unexpected: {', '.join(extra)})" if extra else ""),
             missing=missing,

@@ -46,7 +46,8 @@ def s3_client(
     config = Config(
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
-        retries={"mode": retry_mode, "max_attempts": max_attempts},
+        # total_max_attempts counts the first request; botocore's "max_attempts" would not.
+        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
         max_pool_connections=max_pool_connections,
     )
     return boto3.session.Session().client("s3", config=config)
@@ -79,7 +80,7 @@ def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
             raise RowError(ErrorCode.OBJECT_TOO_LARGE, f"{size} bytes exceeds the limit of {limit}")
         with open(path, "rb") as fh:
             data = fh.read(limit + 1)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
     except PermissionError:
         raise RowError(ErrorCode.ACCESS_DENIED, f"permission denied: {ref.uri}") from None
@@ -89,25 +90,16 @@ def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
 
 
 def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
 
     client = client_for(cfg)
     limit = cfg.max_object_bytes
-    # botocore retries the request itself; a failure while streaming the body is retried here.
+    # botocore retries the request itself (cfg.max_attempts in all); only a failure while
+    # streaming the body is retried here, with a new request.
+    last = ""
     for attempt in range(1, cfg.max_attempts + 1):
         try:
             resp = client.get_object(Bucket=ref.bucket, Key=ref.key)
-            body = resp["Body"]
-            try:
-                length = resp.get("ContentLength")
-                if length is not None and length > limit:
-                    raise RowError(
-                        ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
-                    )
-                data = body.read(limit + 1)
-            finally:
-                body.close()
-            return _checked(data, limit)
         except ClientError as exc:
             err = exc.response.get("Error", {})
             code = str(err.get("Code", ""))
@@ -116,9 +108,32 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
                 raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
             if code in _DENIED or status == "403":
                 raise RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}") from None
-            last = f"S3 error {code or status}"
+            raise RowError(
+                ErrorCode.FETCH_FAILED,
+                f"S3 error {code or status} after {cfg.max_attempts} attempts: {ref.uri}",
+            ) from None
         except BotoCoreError as exc:
-            last = f"{type(exc).__name__}"
+            raise RowError(
+                ErrorCode.FETCH_FAILED,
+                f"{type(exc).__name__} after {cfg.max_attempts} attempts: {ref.uri}",
+            ) from None
+        body = resp["Body"]
+        try:
+            length = resp.get("ContentLength")
+            if length is not None and length > limit:
+                raise RowError(
+                    ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
+                )
+            data = body.read(limit + 1)
+            if length is not None and len(data) < length:
+                # A connection closed early: botocore does not check a sized read.
+                raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
+        except BotoCoreError as exc:
+            last = f"{type(exc).__name__} while reading the object"
+        else:
+            return _checked(data, limit)
+        finally:
+            body.close()
         if attempt < cfg.max_attempts:
             time.sleep(min(2.0, 0.1 * 2**attempt))
     raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {cfg.max_attempts} attempts: {ref.uri}")
@@ -177,13 +192,17 @@ def exists(uri: str) -> bool:
     from botocore.exceptions import ClientError
 
     prefix = ref.key.rstrip("/")
+    # Two listings: keys such as "base-2/..." sort before "base/...", so one short listing
+    # of Prefix=prefix can miss the directory. The exact key sorts first under its prefix.
     try:
-        resp = s3_client().list_objects_v2(Bucket=ref.bucket, Prefix=prefix, MaxKeys=2)
+        for pfx in (prefix, prefix + "/"):
+            resp = s3_client().list_objects_v2(Bucket=ref.bucket, Prefix=pfx, MaxKeys=1)
+            keys = [o["Key"] for o in resp.get("Contents", [])]
+            if keys and (keys[0] == prefix or keys[0].startswith(prefix + "/")):
+                return True
     except ClientError as exc:
         raise OSError(f"{uri}: {exc.response.get('Error', {}).get('Code')}") from None
-    return any(
-        o["Key"] == prefix or o["Key"].startswith(prefix + "/") for o in resp.get("Contents", [])
-    )
+    return False
 
 
 def list_files(uri: str) -> Iterator[tuple[str, str]]:

@@ -1,0 +1,240 @@
+"""Configuration: YAML sections, validation refusals, run dates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prodclf.config import (
+    InferenceConfig,
+    SparkConfig,
+    StorageConfig,
+    TagConfig,
+    TrainConfig,
+    default_run_id,
+    load_yaml,
+    parse_run_date,
+    section,
+    with_overrides,
+)
+from prodclf.errors import ConfigError
+
+
+def test_section_builds_from_a_yaml_mapping() -> None:
+    storage = section(
+        StorageConfig,
+        {
+            "allowed_buckets": ["images", "thumbs"],
+            "max_object_bytes": 1024,
+            "connect_timeout_s": 2,
+            "retry_mode": "adaptive",
+        },
+        "storage",
+    )
+    assert storage == StorageConfig(
+        allowed_buckets=("images", "thumbs"),
+        max_object_bytes=1024,
+        connect_timeout_s=2.0,
+        retry_mode="adaptive",
+    )
+    assert isinstance(storage.connect_timeout_s, float)
+    spark = section(
+        SparkConfig, {"master": "local[2]", "conf": {"spark.x": 1, "spark.y": "b"}}, "spark"
+    )
+    assert spark == SparkConfig(master="local[2]", conf=(("spark.x", "1"), ("spark.y", "b")))
+    inference = section(InferenceConfig, {"use_gpu": False, "top_k": 5}, "inference")
+    assert (inference.use_gpu, inference.top_k) == (False, 5)
+
+
+def test_section_of_nothing_is_the_defaults() -> None:
+    assert section(StorageConfig, None, "storage") == StorageConfig()
+    assert section(InferenceConfig, {}, "inference") == InferenceConfig()
+
+
+def test_section_refuses_unknown_keys_naming_them() -> None:
+    with pytest.raises(ConfigError) as info:
+        section(StorageConfig, {"max_bytes": 1, "bucket": "x", "max_pixels": 10}, "storage")
+    msg = str(info.value)
+    assert "config section 'storage': unknown key(s) bucket, max_bytes" in msg
+    assert "max_object_bytes" in msg  # the known keys are listed
+
+
+@pytest.mark.parametrize(
+    ("cls", "data", "expected"),
+    [
+        (
+            StorageConfig,
+            {"max_object_bytes": "20MB"},
+            "storage.max_object_bytes: expected a number",
+        ),
+        (StorageConfig, {"max_attempts": True}, "storage.max_attempts: expected a number"),
+        (StorageConfig, {"max_attempts": 2.5}, "storage.max_attempts: expected a whole number"),
+        (StorageConfig, {"allowed_buckets": "images"}, "storage.allowed_buckets: expected a list"),
+        (InferenceConfig, {"use_gpu": "yes"}, "inference.use_gpu: expected true or false"),
+        (InferenceConfig, {"review_threshold": "0.5"}, "inference.review_threshold: expected"),
+    ],
+)
+def test_section_refuses_type_errors(cls: type, data: dict, expected: str) -> None:
+    name = "storage" if cls is StorageConfig else "inference"
+    with pytest.raises(ConfigError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        section(cls, data, name)
+
+
+def test_whole_floats_are_accepted_for_int_settings() -> None:
+    storage = section(StorageConfig, {"max_attempts": 3.0}, "storage")
+    assert storage.max_attempts == 3
+    assert isinstance(storage.max_attempts, int)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"max_object_bytes": 0}, "storage.max_object_bytes must be positive, not 0"),
+        ({"max_pixels": -1}, "storage.max_pixels must be positive, not -1"),
+        ({"max_attempts": 0}, "storage.max_attempts must be positive"),
+        ({"fetch_concurrency": -4}, "storage.fetch_concurrency must be positive"),
+        ({"connect_timeout_s": 0.0}, "storage.connect_timeout_s must be positive"),
+        ({"read_timeout_s": -1.0}, "storage.read_timeout_s must be positive"),
+        ({"retry_mode": "aggressive"}, "storage.retry_mode must be legacy, standard or adaptive"),
+        ({"allowed_schemes": ("s3", "http")}, "unsupported scheme(s) http"),
+    ],
+)
+def test_storage_validate_refusals(changes: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        replace(StorageConfig(), **changes).validate()
+    assert expected in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"arrow_batch_size": 0}, "inference.arrow_batch_size must be positive"),
+        ({"model_batch_size": -1}, "inference.model_batch_size must be positive"),
+        ({"top_k": 0}, "inference.top_k must be positive"),
+        ({"review_threshold": 1.5}, "inference.review_threshold must be within [0, 1], not 1.5"),
+        ({"review_threshold": -0.1}, "inference.review_threshold must be within [0, 1]"),
+        ({"review_threshold": float("nan")}, "inference.review_threshold must be within [0, 1]"),
+    ],
+)
+def test_inference_validate_refusals(changes: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        replace(InferenceConfig(), **changes).validate()
+    assert expected in str(info.value)
+
+
+def test_valid_defaults_and_bounds_pass() -> None:
+    StorageConfig().validate()
+    InferenceConfig().validate()
+    replace(InferenceConfig(), review_threshold=0.0).validate()
+    replace(InferenceConfig(), review_threshold=1.0).validate()
+
+
+def tag_cfg(**changes: Any) -> TagConfig:
+    cfg = TagConfig(
+        base_library="/data/base",
+        commodity_library="/data/out",
+        model="/models/m",
+        run_date=date(2024, 5, 1),
+        run_id="2024-05-01-nightly",
+    )
+    return replace(cfg, **changes)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"model": ""}, "--model is required"),
+        ({"commodity_library": ""}, "--commodity-library is required"),
+        ({"run_id": "bad id"}, "--run-id 'bad id'"),
+        ({"run_id": "../escape"}, "--run-id '../escape'"),
+        ({"run_id": "x" * 129}, "--run-id"),
+        ({"mode": "incremental"}, "mode 'incremental' is not supported"),
+        ({"storage": StorageConfig(max_attempts=0)}, "storage.max_attempts must be positive"),
+        ({"inference": InferenceConfig(top_k=0)}, "inference.top_k must be positive"),
+    ],
+)
+def test_tag_config_validate_refusals(changes: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        tag_cfg(**changes).validate()
+    assert expected in str(info.value)
+
+
+def test_tag_config_valid() -> None:
+    tag_cfg().validate()
+    tag_cfg(run_id="a" * 128).validate()
+
+
+def test_train_config_validate_refusals() -> None:
+    TrainConfig(base_library="/b", model_out="/m").validate()
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"color_mode": "cmyk"}, "--color-mode must be rgb or grayscale"),
+        ({"scale": "imagenet"}, "--scale must be unit, symmetric or raw"),
+        ({"validation_fraction": 1.0}, "--validation-fraction must be within [0, 1)"),
+        ({"limit": 0}, "--limit must be positive"),
+        ({"epochs": 0}, "train.epochs must be positive"),
+    ]
+    for changes, expected in cases:
+        with pytest.raises(ConfigError) as info:
+            TrainConfig(base_library="/b", model_out="/m", **changes).validate()
+        assert expected in str(info.value)
+
+
+def test_with_overrides_applies_only_given_flags() -> None:
+    base = InferenceConfig(top_k=5)
+    assert with_overrides(base, top_k=None, review_threshold=None) is base
+    assert with_overrides(base, top_k=2, review_threshold=None) == InferenceConfig(top_k=2)
+
+
+def test_load_yaml(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("storage:\n  allowed_buckets: [images]\ninference:\n  top_k: 2\n")
+    assert load_yaml(str(good)) == {
+        "storage": {"allowed_buckets": ["images"]},
+        "inference": {"top_k": 2},
+    }
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_yaml(str(empty)) == {}
+    assert load_yaml(None) == {}
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"storage: [unclosed\n", "not valid YAML"),
+        (b"- a\n- b\n", "the top level must be a mapping"),
+        (b"just a string\n", "the top level must be a mapping"),
+        (b"\xff\xfe\x00\x00binary", "cannot be read as text"),
+    ],
+)
+def test_load_yaml_refuses_bad_files(tmp_path: Path, content: bytes, expected: str) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as info:
+        load_yaml(str(p))
+    msg = str(info.value)
+    assert msg.startswith(f"--config {p}: ")
+    assert expected in msg
+    assert "\n" not in msg
+
+
+def test_load_yaml_refuses_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_yaml(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ConfigError, match="no such file"):
+        load_yaml(str(tmp_path))
+
+
+def test_parse_run_date() -> None:
+    assert parse_run_date("2024-02-29") == date(2024, 2, 29)
+    assert default_run_id(date(2024, 2, 29), "20240301T010203Z") == "2024-02-29-20240301T010203Z"
+
+
+@pytest.mark.parametrize("text", ["2023-02-29", "yesterday", "", "2024-13-01", "01/05/2024", None])
+def test_parse_run_date_refuses_bad_input(text: object) -> None:
+    with pytest.raises(ConfigError, match="is not a date in YYYY-MM-DD form"):
+        parse_run_date(text)  # type: ignore[arg-type]
