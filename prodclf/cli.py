@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="Fashion-MNIST training images used to train",
     )
-    demo.add_argument("--epochs", type=int, default=4, metavar="N")
+    demo.add_argument("--epochs", type=int, default=8, metavar="N")
     demo.add_argument("--data-dir", default="/usr/share/datasets/fashion-mnist", metavar="DIR")
     demo.add_argument("--master", metavar="URL", help="Spark master (default local[*])")
     return parser
