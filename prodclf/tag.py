@@ -49,13 +49,7 @@ def preflight(cfg: TagConfig) -> BundleMeta:
     """Every check that needs no Spark: arguments, locations, the model bundle."""
     cfg.validate()
     base, out = cfg.base_library, cfg.commodity_library
-    if is_same_or_inside(out, base):
-        raise ConfigError(
-            f"--commodity-library {out} is inside the base library {base}; "
-            "the base library is never written"
-        )
-    if is_same_or_inside(base, out):
-        raise ConfigError(f"--base-library {base} is inside the commodity library {out}")
+    tables.refuse_overlap(base, out, "--commodity-library")
     if is_same_or_inside(out, cfg.model) or is_same_or_inside(cfg.model, out):
         raise ConfigError(f"--commodity-library {out} overlaps the model bundle {cfg.model}")
     tables.require_dataset(base, "base library")

@@ -34,7 +34,6 @@ from prodclf.errors import ConfigError, InputError
 from prodclf.imaging import PreprocessSpec, scale_pixels
 from prodclf.inference import import_tensorflow, prepare_batch
 from prodclf.storage import objects, tables
-from prodclf.storage.uris import is_same_or_inside
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +70,8 @@ class Examples:
 def preflight(cfg: TrainConfig) -> None:
     """Refuse bad arguments before Spark starts: config, locations, the label map."""
     cfg.validate()
-    base, out = cfg.base_library, cfg.model_out
-    if is_same_or_inside(out, base):
-        raise ConfigError(
-            f"--model-out {out} is inside the base library {base}; "
-            "the base library is never written"
-        )
-    if is_same_or_inside(base, out):
-        # Exporting replaces --model-out wholesale, which would delete the base library.
-        raise ConfigError(f"--base-library {base} is inside --model-out {out}")
-    tables.require_dataset(base, "base library")
+    tables.refuse_overlap(cfg.base_library, cfg.model_out, "--model-out")
+    tables.require_dataset(cfg.base_library, "base library")
     if cfg.label_map:
         load_label_map(cfg.label_map)
 

@@ -43,11 +43,12 @@ def s3_client(
     import boto3
     from botocore.config import Config
 
+    # total_max_attempts counts the first request; botocore's "max_attempts" would not.
+    retries: Any = {"mode": retry_mode, "total_max_attempts": max_attempts}
     config = Config(
         connect_timeout=connect_timeout_s,
         read_timeout=read_timeout_s,
-        # total_max_attempts counts the first request; botocore's "max_attempts" would not.
-        retries={"mode": retry_mode, "total_max_attempts": max_attempts},
+        retries=retries,
         max_pool_connections=max_pool_connections,
     )
     return boto3.session.Session().client("s3", config=config)

@@ -10,7 +10,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
 
-from prodclf.errors import InputError
+from prodclf.errors import ConfigError, InputError
 from prodclf.schemas import (
     BASE_LIBRARY_REQUIRED,
     COMMODITY_LIBRARY,
@@ -19,7 +19,7 @@ from prodclf.schemas import (
     check_matches,
 )
 from prodclf.storage import objects
-from prodclf.storage.uris import normalize_location, spark_location
+from prodclf.storage.uris import is_same_or_inside, normalize_location, spark_location
 
 RUNS_DIR = "_runs"
 
@@ -31,6 +31,17 @@ def require_dataset(location: str, what: str) -> None:
         raise InputError(f"{what} {location}: cannot be listed ({exc})") from None
     if not found:
         raise InputError(f"{what} {location}: not found")
+
+
+def refuse_overlap(base: str, out: str, out_flag: str) -> None:
+    """An output location must neither be, nor contain, nor lie inside the base library."""
+    if is_same_or_inside(out, base):
+        raise ConfigError(
+            f"{out_flag} {out} is inside the base library {base}; the base library is never written"
+        )
+    if is_same_or_inside(base, out):
+        # Writing the output (an overwrite, or a bundle export) could delete the base library.
+        raise ConfigError(f"--base-library {base} is inside {out_flag} {out}")
 
 
 def read_base_library(
