@@ -2,7 +2,8 @@
 
 Layout (a local directory or an ``s3://`` prefix)::
 
-    bundle.json        name, version, labels in output order, preprocessing, metrics
+    bundle.json        name, version, labels in output order (name, taxonomy id and path),
+                       preprocessing, metrics
     saved_model/       tf.saved_model export with a ``serve`` endpoint (a graph: loading
                        it runs no Python from the bundle; no pickles, no Lambda layers)
 
@@ -31,8 +32,16 @@ OUTPUTS = ("probabilities", "logits")
 
 @dataclass(frozen=True)
 class Label:
+    """One model output: the label name, its taxonomy id and (optionally) the id's path.
+
+    ``path`` is the taxonomy path text (``"Apparel & Accessories > Shoes"``) so the
+    tagging job can write it without reading the taxonomy; bundles written before it
+    existed load with ``path=""``.
+    """
+
     name: str
     id: str
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,7 +72,7 @@ class BundleMeta:
             return data[key]
 
         try:
-            labels = tuple(Label(name=str(x["name"]), id=str(x["id"])) for x in need("labels"))
+            labels = tuple(_label(x) for x in need("labels"))
             spec = PreprocessSpec(**need("preprocessing"))
             spec.validate()
             meta = cls(
@@ -93,6 +102,15 @@ class BundleMeta:
         if meta.output not in OUTPUTS:
             raise ModelBundleError(f"model bundle {where}: output must be one of {OUTPUTS}")
         return meta
+
+
+def _label(entry: Any) -> Label:
+    if not isinstance(entry, dict):
+        raise TypeError(f"a label must be an object {{name, id, path}}, not {entry!r}")
+    path = entry.get("path") or ""
+    if not isinstance(path, str):
+        raise TypeError(f"label {entry.get('name')!r}: path must be a string")
+    return Label(name=str(entry["name"]), id=str(entry["id"]), path=path)
 
 
 def read_meta(uri: str) -> BundleMeta:

@@ -114,6 +114,7 @@ def finish_batch(
     n = batch.size
     category: list[Any] = [None] * n
     category_id: list[Any] = [None] * n
+    category_path: list[Any] = [None] * n
     confidence = np.full(n, np.nan, dtype=np.float32)
     top_cats: list[Any] = [None] * n
     top_scores: list[Any] = [None] * n
@@ -141,6 +142,7 @@ def finish_batch(
                 best = int(idx[0])
                 category[row] = names[best]
                 category_id[row] = meta.labels[best].id
+                category_path[row] = meta.labels[best].path or None
                 confidence[row] = p[best]
                 top_cats[row] = [names[int(j)] for j in idx]
                 top_scores[row] = [float(p[int(j)]) for j in idx]
@@ -153,6 +155,7 @@ def finish_batch(
         {
             "category": category,
             "category_id": category_id,
+            "category_path": category_path,
             "confidence": confidence,
             "top_k_categories": top_cats,
             "top_k_scores": top_scores,

@@ -29,6 +29,7 @@ PREDICTION = StructType(
     [
         StructField("category", StringType()),
         StructField("category_id", StringType()),
+        StructField("category_path", StringType()),  # taxonomy path text; null when unknown
         StructField("confidence", FloatType()),
         StructField("top_k_categories", ArrayType(StringType())),
         StructField("top_k_scores", ArrayType(FloatType())),
@@ -47,6 +48,7 @@ COMMODITY_LIBRARY = StructType(
         StructField("image_uri", StringType()),
         StructField("category", StringType()),
         StructField("category_id", StringType()),
+        StructField("category_path", StringType()),  # taxonomy path text; null when unknown
         StructField("confidence", FloatType()),
         StructField("top_k", ArrayType(TOP_K_ENTRY)),
         StructField("needs_review", BooleanType()),

@@ -68,6 +68,8 @@ def to_commodity_rows(classified: DataFrame, run: RunInfo, review_threshold: flo
         "image_uri": F.col("image_uri"),
         "category": p["category"],
         "category_id": p["category_id"],
+        # An empty path (a label never mapped to the taxonomy) is unknown, not a path.
+        "category_path": F.when(p["category_path"] != F.lit(""), p["category_path"]),
         "confidence": F.when(ok, p["confidence"]),
         "top_k": top_k,
         # Error rows need a person as much as doubtful ones do.

@@ -73,7 +73,12 @@ def test_predict_fixed_batches_pads_with_zeros() -> None:
 # --- one batch: errors, top-k, order -------------------------------------------------
 
 
-LABELS = (Label("red", "1001"), Label("blue", "1002"), Label("green", "1003"))
+#: "green" has no taxonomy path (a bundle trained without a taxonomy): its rows get null.
+LABELS = (
+    Label("red", "1001", "Colours > Red"),
+    Label("blue", "1002", "Colours > Blue"),
+    Label("green", "1003"),
+)
 
 
 def meta(output: str = "probabilities", scale: str = "raw") -> BundleMeta:
@@ -125,6 +130,7 @@ def test_finish_batch_tags_ok_rows_and_keeps_error_rows_in_order() -> None:
         ("ok", None, "green", "1003", ["green", "red"]),
     ]
     assert df["error_message"].tolist() == [None, MISSING.message, None, CORRUPT.message, None]
+    assert df["category_path"].tolist() == ["Colours > Red", None, "Colours > Blue", None, None]
     assert df["confidence"].dtype == np.float32
     np.testing.assert_allclose(df["confidence"], [0.5, np.nan, 0.7, np.nan, 0.9], rtol=1e-5)
     np.testing.assert_allclose(df["top_k_scores"][0], [0.5, 0.3], rtol=1e-5)
@@ -191,6 +197,7 @@ def test_model_failure_fails_the_ok_rows_only(predict: Any) -> None:
     ]
     assert df["error_message"][1] == MISSING.message
     assert df["confidence"].isna().all()
+    assert df["category_path"].isna().all()
     if predict is boom:
         assert df["error_message"][0] == "RuntimeError: CUDA out of memory"
 

@@ -66,6 +66,7 @@ def test_check_matches_names_missing_wrong_and_unexpected_columns() -> None:
     got = schema(
         ("category", StringType()),
         ("category_id", StringType()),
+        ("category_path", StringType()),
         ("confidence", DoubleType()),
         ("top_k_categories", ArrayType(StringType())),
         ("top_k_scores", ArrayType(FloatType())),
@@ -80,6 +81,14 @@ def test_check_matches_names_missing_wrong_and_unexpected_columns() -> None:
     assert err.wrong_types == [("confidence", "float", "double")]
     assert str(err).startswith("prediction (unexpected: debug): missing column(s) error_message; ")
     assert "confidence (expected float, found double)" in str(err)
+
+
+def test_taxonomy_path_follows_the_category_id_in_both_contracts() -> None:
+    for contract in (PREDICTION, COMMODITY_LIBRARY):
+        names = contract.fieldNames()
+        assert names[names.index("category_id") + 1] == "category_path"
+        assert contract["category_path"].dataType == StringType()
+        assert contract["category_path"].nullable
 
 
 def test_check_matches_refuses_a_different_order() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from datetime import date
 from pathlib import Path
 
@@ -65,11 +67,25 @@ def test_every_product_gets_exactly_one_row_with_its_tag(
     }
 
 
+RED_PATH = "Colours > Red"
+
+
+@pytest.fixture
+def pathed_bundle(color_bundle: Path, tmp_path: Path) -> Path:
+    """The color bundle with a taxonomy path on "red" only ("blue" keeps none)."""
+    dest = tmp_path / "pathed-model"
+    shutil.copytree(color_bundle, dest)
+    meta = json.loads((dest / "bundle.json").read_text())
+    meta["labels"][0]["path"] = RED_PATH
+    (dest / "bundle.json").write_text(json.dumps(meta))
+    return dest
+
+
 def test_rows_follow_the_commodity_contract(
-    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
+    spark: SparkSession, catalog: Catalog, pathed_bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "commodity"
-    run_tag(config(catalog, out, color_bundle, DAY1, "r1"), spark)
+    run_tag(config(catalog, out, pathed_bundle, DAY1, "r1"), spark)
     df = spark.read.parquet(str(out))
     assert [(f.name, f.dataType) for f in df.schema.fields] == [
         (f.name, f.dataType) for f in COMMODITY_LIBRARY.fields
@@ -80,6 +96,9 @@ def test_rows_follow_the_commodity_contract(
     red = df.where(F.col("product_id") == "p001").first()
     assert red is not None
     assert red["category"] == "red" and red["category_id"] == "1001"
+    assert red["category_path"] == RED_PATH
+    blue = df.where((F.col("category") == "blue") & (F.col("status") == "ok")).first()
+    assert blue is not None and blue["category_path"] is None  # the label has no path
     assert red["confidence"] > 0.99 and red["needs_review"] is False
     assert [t["category"] for t in red["top_k"]] == ["red", "blue"]
     assert red["top_k"][0]["score"] == pytest.approx(red["confidence"])
@@ -87,6 +106,7 @@ def test_rows_follow_the_commodity_contract(
     bad = df.where(F.col("product_id") == "missing").first()
     assert bad is not None
     assert bad["confidence"] is None and bad["top_k"] is None and bad["needs_review"] is True
+    assert bad["category_path"] is None
     assert "gone.png" in bad["error_message"]
 
 

@@ -20,13 +20,15 @@ RUN = RunInfo("r1", date(2026, 11, 21), "m", "7", datetime(2026, 11, 21, 3, 0, 0
 def fake_tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
     """'ok' with category = the URI's last letter; 'x' means an error row."""
     for batch in uris:
-        rows = []
+        rows: list[tuple[object, ...]] = []
         for uri in batch:
             last = str(uri)[-1]
             if last == "x":
-                rows.append((None, None, None, None, None, "error", "not_found", "gone"))
+                rows.append((None, None, None, None, None, None, "error", "not_found", "gone"))
             else:
-                rows.append((last, f"id-{last}", 0.5, [last, "z"], [0.5, 0.25], "ok", None, None))
+                path = f"Top > {last}" if last != "n" else ""  # 'n': a label without a path
+                top = ([last, "z"], [0.5, 0.25])
+                rows.append((last, f"id-{last}", path, 0.5, *top, "ok", None, None))
         yield pd.DataFrame(rows, columns=PREDICTION.fieldNames())
 
 
@@ -58,6 +60,7 @@ def test_commodity_rows_have_the_contract_schema_and_values(spark: SparkSession)
         "image_uri": "s3://b/k",
         "category": "k",
         "category_id": "id-k",
+        "category_path": "Top > k",
         "confidence": 0.5,
         "top_k": [{"category": "k", "score": 0.5}, {"category": "z", "score": 0.25}],
         "needs_review": True,
@@ -72,6 +75,15 @@ def test_commodity_rows_have_the_contract_schema_and_values(spark: SparkSession)
     }
     assert rows["p2"]["status"] == "error" and rows["p2"]["error_code"] == "not_found"
     assert rows["p2"]["needs_review"] is True and rows["p2"]["top_k"] is None
+    assert rows["p2"]["category_path"] is None
+
+
+def test_an_empty_taxonomy_path_becomes_null(spark: SparkSession) -> None:
+    products = spark.createDataFrame([("p1", "s3://b/n")], "product_id string, image_uri string")
+    out = products.transform(classify, fake_tag).transform(to_commodity_rows, RUN, 0.6)
+    row = out.first()
+    assert row is not None
+    assert (row["category_id"], row["category_path"]) == ("id-n", None)
 
 
 def test_review_threshold_decides_needs_review(spark: SparkSession) -> None:
