@@ -8,6 +8,7 @@ library function. A refusal prints one line, ``prodclf: error: ...``, and exits 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -17,11 +18,14 @@ from typing import Any
 
 from prodclf import __version__
 from prodclf.config import (
+    TRAIN_ARCHITECTURES,
+    EvaluateConfig,
     InferenceConfig,
     SparkConfig,
     StorageConfig,
     TagConfig,
     TrainConfig,
+    coerce_field,
     default_run_id,
     load_yaml,
     parse_run_date,
@@ -89,31 +93,111 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser(
         "train",
-        help="train a small CNN on a labelled base library and write a model bundle",
-        description="Fetch and decode labelled catalog images with Spark, train a small CNN "
-        "and export it as a model bundle the tag command can use.",
+        help="train a classifier on a labelled base library and write a model bundle",
+        description="Fetch and decode labelled catalog images with Spark, stream them into "
+        "Keras through petastorm, fine-tune a backbone (or train a small CNN), score the test "
+        "split and export a model bundle, with its report, that the tag command can use.",
     )
     train.add_argument(
         "--base-library",
         required=True,
         metavar="URI",
-        help="Parquet dataset with product_id, image_uri and a label column",
+        help="Parquet dataset with product_id, image_uri (and the label column)",
     )
     train.add_argument(
         "--model-out", required=True, metavar="URI", help="where the model bundle is written"
     )
+    train.add_argument(
+        "--labels", metavar="URI", help="separate Parquet labels table, joined on product_id"
+    )
     train.add_argument("--label-column", metavar="NAME", help="default: label")
+    train.add_argument(
+        "--split-column",
+        metavar="NAME",
+        help="column with train/validation/test (default: a hash split of product_id)",
+    )
     train.add_argument("--label-map", metavar="FILE", help="YAML/JSON mapping {label: taxonomy id}")
+    train.add_argument(
+        "--taxonomy", metavar="FILE", help="taxonomy file the label map is checked against"
+    )
+    train.add_argument(
+        "--architecture",
+        choices=TRAIN_ARCHITECTURES,
+        help="default: small_cnn",
+    )
+    train.add_argument(
+        "--weights", metavar="W", help="none (default), imagenet, or a backbone weights file"
+    )
+    train.add_argument("--alpha", type=float, metavar="A", help="MobileNet width multiplier")
     train.add_argument("--image-size", type=int, metavar="PX", help="square input size")
     train.add_argument("--color-mode", choices=("rgb", "grayscale"))
+    train.add_argument(
+        "--trainable-fraction",
+        type=float,
+        metavar="F",
+        help="share of backbone parameters fine-tuned (default 0.75)",
+    )
+    train.add_argument(
+        "--head-epochs",
+        type=int,
+        metavar="N",
+        help="two-phase schedule: N epochs with the backbone frozen first",
+    )
+    train.add_argument("--dropout", type=float, metavar="P", help="before the classifier (0.3)")
+    train.add_argument("--fusion", choices=("none", "gray+rgb"))
+    train.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="no augmentation"
+    )
+    train.add_argument(
+        "--no-noise",
+        dest="noise",
+        action="store_false",
+        default=None,
+        help="no occlusion/clutter noise",
+    )
     train.add_argument("--epochs", type=int, metavar="N")
     train.add_argument("--batch-size", type=int, metavar="N")
     train.add_argument("--learning-rate", type=float, metavar="LR")
+    train.add_argument("--class-weights", choices=("none", "balanced"))
+    train.add_argument("--validation-fraction", type=float, metavar="F")
+    train.add_argument("--test-fraction", type=float, metavar="F")
+    train.add_argument("--early-stopping-patience", type=int, metavar="N")
     train.add_argument("--limit", type=int, metavar="N", help="use at most N labelled images")
     train.add_argument("--seed", type=int)
+    train.add_argument("--cache-dir", metavar="DIR", help="petastorm cache (shared on clusters)")
+    train.add_argument("--checkpoint-dir", metavar="DIR")
     train.add_argument("--model-name")
     train.add_argument("--model-version")
     _common(train)
+
+    ev = sub.add_parser(
+        "evaluate",
+        help="score a model bundle, or a run's tags, against known labels",
+        description="Classify labelled products with a model bundle (--model), or read the "
+        "tags of a commodity library run (--commodity-library, --run-date), join them with "
+        "the labels and write metrics.json, report.md and plots to --out.",
+    )
+    ev.add_argument(
+        "--labels",
+        required=True,
+        metavar="URI",
+        help="Parquet table with product_id and the label column (and image_uri for --model)",
+    )
+    ev.add_argument("--out", required=True, metavar="URI", help="report folder")
+    ev.add_argument("--label-column", metavar="NAME", help="default: label")
+    ev.add_argument("--model", metavar="URI", help="model bundle to classify with")
+    ev.add_argument("--commodity-library", metavar="URI", help="score this library's run")
+    ev.add_argument("--run-date", metavar="YYYY-MM-DD")
+    ev.add_argument("--run-id", metavar="ID", help="only this run of the date")
+    ev.add_argument("--split-column", metavar="NAME")
+    ev.add_argument("--split", metavar="NAME", help="split scored (default: test)")
+    ev.add_argument(
+        "--target-precision",
+        type=float,
+        metavar="P",
+        help="precision the recommended review threshold reaches (default 0.95)",
+    )
+    _common(ev)
 
     demo = sub.add_parser(
         "demo",
@@ -190,32 +274,77 @@ def tag_config(args: argparse.Namespace) -> TagConfig:
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
     data, storage, spark = _sections(args)
-    base = TrainConfig(
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    yaml_train = dict(data.get("train") or {})
+    unknown = sorted(set(yaml_train) - (set(fields) - {"storage", "spark"}))
+    if unknown:
+        raise ConfigError(f"config section 'train': unknown key(s) {', '.join(unknown)}")
+    typed = {k: coerce_field(fields[k], v, f"train.{k}") for k, v in yaml_train.items()}
+    cfg = TrainConfig(
         base_library=args.base_library,
         model_out=args.model_out,
         storage=storage,
         spark=with_overrides(spark, app_name="prodclf-train"),
+        **{k: v for k, v in typed.items() if k not in ("base_library", "model_out")},
     )
-    yaml_train = dict(data.get("train") or {})
-    known = {f for f in TrainConfig.__dataclass_fields__} - {"storage", "spark"}
-    unknown = sorted(set(yaml_train) - known)
-    if unknown:
-        raise ConfigError(f"config section 'train': unknown key(s) {', '.join(unknown)}")
-    cfg = with_overrides(base, **yaml_train)
+    flags = {
+        name: getattr(args, name)
+        for name in (
+            "labels",
+            "label_column",
+            "split_column",
+            "label_map",
+            "taxonomy",
+            "architecture",
+            "weights",
+            "alpha",
+            "color_mode",
+            "trainable_fraction",
+            "head_epochs",
+            "dropout",
+            "fusion",
+            "augment",
+            "noise",
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "class_weights",
+            "validation_fraction",
+            "test_fraction",
+            "early_stopping_patience",
+            "limit",
+            "seed",
+            "cache_dir",
+            "checkpoint_dir",
+            "model_name",
+            "model_version",
+        )
+    }
+    cfg = with_overrides(cfg, image_height=args.image_size, image_width=args.image_size, **flags)
+    cfg.validate()
+    return cfg
+
+
+def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
+    data, storage, spark = _sections(args)
+    inference = section(InferenceConfig, data.get("inference"), "inference")
+    cfg = EvaluateConfig(
+        labels=args.labels,
+        out=args.out,
+        storage=storage,
+        inference=inference,
+        spark=with_overrides(spark, app_name="prodclf-evaluate"),
+    )
     cfg = with_overrides(
         cfg,
         label_column=args.label_column,
-        label_map=args.label_map,
-        image_height=args.image_size,
-        image_width=args.image_size,
-        color_mode=args.color_mode,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        limit=args.limit,
-        seed=args.seed,
-        model_name=args.model_name,
-        model_version=args.model_version,
+        model=args.model,
+        commodity_library=args.commodity_library,
+        run_date=parse_run_date(args.run_date) if args.run_date else None,
+        run_id=args.run_id,
+        split_column=args.split_column,
+        split=args.split,
+        target_precision=args.target_precision,
     )
     cfg.validate()
     return cfg
@@ -257,6 +386,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from prodclf.evaluate import preflight as evaluate_preflight
+    from prodclf.evaluate import run_evaluate
+    from prodclf.session import create_session
+
+    cfg = evaluate_config(args)
+    meta = evaluate_preflight(cfg)
+    spark = create_session(cfg.spark, cfg.inference.arrow_batch_size)
+    result = run_evaluate(cfg, spark, meta)
+    headline = {
+        k: result[k]
+        for k in ("accuracy", "top_k_accuracy", "macro_f1", "expected_calibration_error")
+    }
+    summary = {
+        **headline,
+        "review_threshold": result["review_threshold"],
+        "coverage": result["coverage"],
+        "out": cfg.out,
+    }
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from prodclf.demo import DemoOptions, run_demo
 
@@ -271,7 +423,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(opts)
 
 
-COMMANDS = {"tag": cmd_tag, "train": cmd_train, "demo": cmd_demo}
+COMMANDS = {
+    "tag": cmd_tag,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "demo": cmd_demo,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -162,22 +162,37 @@ def section(cls: type[T], data: Mapping[str, Any] | None, name: str) -> T:
         )
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
-        default = getattr(cls(), key) if _has_defaults(cls) else None
-        kwargs[key] = _coerce(value, default, f"{name}.{key}")
+        kwargs[key] = coerce_field(known[key], value, f"{name}.{key}")
     return cls(**kwargs)
+
+
+def coerce_field(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
+    """Check and convert a YAML value to the field's declared type (``int | None`` etc.)."""
+    annotation = str(f.type).replace(" ", "")
+    optional = annotation.endswith("|None")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}: a value is required, found null")
+    base = annotation.removesuffix("|None")
+    samples: dict[str, Any] = {"int": 0, "float": 0.0, "bool": False, "str": ""}
+    if base in samples:
+        if base == "str":
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}: expected text, found {value!r}")
+            return str(value)
+        return _coerce(value, samples[base], where)
+    if base.startswith("tuple"):
+        return _coerce(value, (), where)
+    if f.default is not dataclasses.MISSING:
+        return _coerce(value, f.default, where)
+    return value
 
 
 def with_overrides(obj: T, **overrides: Any) -> T:
     """Apply command-line flags that were actually given (None means not given)."""
     given = {k: v for k, v in overrides.items() if v is not None}
     return replace(obj, **given) if given else obj  # type: ignore[type-var]
-
-
-def _has_defaults(cls: type) -> bool:
-    return all(
-        f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-        for f in fields(cls)
-    )
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -210,26 +225,78 @@ def _positive(obj: object, *names: str) -> None:
             raise ConfigError(f"{section_name}.{name} must be positive, not {value}")
 
 
+TRAIN_ARCHITECTURES = (
+    "small_cnn",
+    "mobilenet",
+    "mobilenet_v2",
+    "efficientnet_b0",
+    "resnet50",
+    "inception_v3",
+)
+SPLITS = ("train", "validation", "test")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything ``prodclf train`` needs (the minimal trainer: a small CNN)."""
+    """Everything ``prodclf train`` needs.
+
+    ``image_height``/``image_width``/``color_mode``/``scale`` left as None take the
+    architecture's defaults (see ``prodclf.models.architecture_info``).
+    """
 
     base_library: str
     model_out: str
     label_column: str = "label"
+    # A separate Parquet table (product_id + label column) joined on product_id.
+    labels: str | None = None
+    # A column with train/validation/test per product; without it a hash split is used.
+    split_column: str | None = None
     # Optional YAML/JSON mapping {label name: taxonomy id}; without it the id is the name.
     label_map: str | None = None
-    image_height: int = 28
-    image_width: int = 28
-    color_mode: str = "grayscale"
-    scale: str = "unit"
+    # Optional taxonomy file (Google Product Taxonomy format) the label map is checked against.
+    taxonomy: str | None = None
+    architecture: str = "small_cnn"
+    # "none", "imagenet" (downloaded by Keras) or a local weights file for the backbone.
+    weights: str = "none"
+    alpha: float = 1.0
+    image_height: int | None = None
+    image_width: int | None = None
+    color_mode: str | None = None
+    scale: str | None = None
+    trainable_fraction: float = 0.75
+    # Two-phase fine-tuning: this many epochs with the backbone frozen first (0: one phase).
+    head_epochs: int = 0
+    # Learning rate once the backbone is unfrozen (default: learning_rate / 10).
+    fine_tune_learning_rate: float | None = None
+    dropout: float = 0.3
+    fusion: str = "none"
+    augment: bool = True
+    # Occlusion and background-clutter "noise images" on top of the augmentation.
+    noise: bool = True
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 1e-3
+    # The learning rate is multiplied by lr_factor after lr_patience epochs without a
+    # better validation accuracy, never below min_learning_rate.
+    lr_patience: int = 2
+    lr_factor: float = 0.5
+    min_learning_rate: float = 1e-5
+    # Stop after this many epochs without improvement (0: never); best weights are kept.
+    early_stopping_patience: int = 5
+    class_weights: str = "none"
     validation_fraction: float = 0.1
+    test_fraction: float = 0.1
     seed: int = 42
     limit: int | None = None
-    model_name: str = "prodclf-small-cnn"
+    # Parallel Parquet readers feeding tf.data (petastorm workers).
+    reader_workers: int = 2
+    # Local directory for petastorm's materialized training data (default: a temp dir).
+    cache_dir: str | None = None
+    # Local directory for per-improvement weight checkpoints (default: inside cache_dir).
+    checkpoint_dir: str | None = None
+    # The needs_review threshold recommended in the test report reaches this precision.
+    target_precision: float = 0.95
+    model_name: str | None = None
     model_version: str | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -239,15 +306,99 @@ class TrainConfig:
             raise ConfigError("--base-library is required")
         if not self.model_out:
             raise ConfigError("--model-out is required")
-        _positive(self, "image_height", "image_width", "epochs", "batch_size", "learning_rate")
-        if self.color_mode not in ("rgb", "grayscale"):
-            raise ConfigError(f"--color-mode must be rgb or grayscale, not {self.color_mode!r}")
-        if self.scale not in ("unit", "symmetric", "raw"):
-            raise ConfigError(f"--scale must be unit, symmetric or raw, not {self.scale!r}")
-        if not 0.0 <= self.validation_fraction < 1.0:
+        _positive(self, "epochs", "batch_size", "learning_rate", "alpha", "reader_workers")
+        _positive(self, "lr_factor", "min_learning_rate")
+        for name in ("image_height", "image_width", "limit", "fine_tune_learning_rate"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"train.{name} must be positive, not {value}")
+        if self.architecture not in TRAIN_ARCHITECTURES:
             raise ConfigError(
-                f"--validation-fraction must be within [0, 1), not {self.validation_fraction}"
+                f"--architecture {self.architecture!r} is not one of "
+                f"{', '.join(TRAIN_ARCHITECTURES)}"
             )
-        if self.limit is not None and self.limit <= 0:
-            raise ConfigError(f"--limit must be positive, not {self.limit}")
+        if self.fusion not in ("none", "gray+rgb"):
+            raise ConfigError(f"--fusion must be none or gray+rgb, not {self.fusion!r}")
+        if self.color_mode not in (None, "rgb", "grayscale"):
+            raise ConfigError(f"--color-mode must be rgb or grayscale, not {self.color_mode!r}")
+        if self.scale not in (None, "unit", "symmetric", "raw"):
+            raise ConfigError(f"--scale must be unit, symmetric or raw, not {self.scale!r}")
+        if self.class_weights not in ("none", "balanced"):
+            raise ConfigError(
+                f"--class-weights must be none or balanced, not {self.class_weights!r}"
+            )
+        if not self.weights:
+            raise ConfigError("--weights must be none, imagenet or a weights file")
+        if self.architecture == "small_cnn" and self.weights not in ("none",):
+            raise ConfigError("--weights: small_cnn has no pretrained weights; use none")
+        _fraction(self, "trainable_fraction", closed=True)
+        _fraction(self, "dropout", closed=False)
+        if not 0.0 < self.lr_factor < 1.0:
+            raise ConfigError(f"train.lr_factor must be within (0, 1), not {self.lr_factor}")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise ConfigError(
+                f"train.target_precision must be within (0, 1], not {self.target_precision}"
+            )
+        for name in ("head_epochs", "lr_patience", "early_stopping_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must not be negative, not {getattr(self, name)}")
+        if self.head_epochs >= self.epochs:
+            raise ConfigError(
+                f"--head-epochs {self.head_epochs} must be below --epochs {self.epochs}"
+            )
+        if self.split_column is None:
+            for name in ("validation_fraction", "test_fraction"):
+                _fraction(self, name, closed=False)
+            if self.validation_fraction + self.test_fraction >= 1.0:
+                raise ConfigError(
+                    "--validation-fraction plus --test-fraction must leave images to train on"
+                )
         self.storage.validate()
+
+
+def _fraction(obj: object, name: str, *, closed: bool) -> None:
+    """``[0, 1]`` when closed, else ``[0, 1)``."""
+    value = getattr(obj, name)
+    ok = 0.0 <= value <= 1.0 if closed else 0.0 <= value < 1.0
+    if not ok:
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ConfigError(f"train.{name} must be within {interval}, not {value}")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Everything ``prodclf evaluate`` needs.
+
+    Either ``model`` (classify the labelled products now, with the tagging job's code) or
+    ``commodity_library`` + ``run_date`` (score the tags a run already wrote).
+    """
+
+    labels: str
+    out: str
+    label_column: str = "label"
+    model: str | None = None
+    commodity_library: str | None = None
+    run_date: date | None = None
+    run_id: str | None = None
+    split_column: str | None = None
+    split: str = "test"
+    target_precision: float = 0.95
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def validate(self) -> None:
+        if not self.labels:
+            raise ConfigError("--labels is required")
+        if not self.out:
+            raise ConfigError("--out is required")
+        if (self.model is None) == (self.commodity_library is None):
+            raise ConfigError("give exactly one of --model or --commodity-library")
+        if self.commodity_library is not None and self.run_date is None:
+            raise ConfigError("--commodity-library needs --run-date")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise ConfigError(
+                f"--target-precision must be within (0, 1], not {self.target_precision}"
+            )
+        self.storage.validate()
+        self.inference.validate()

@@ -273,6 +273,8 @@ def train_model(
         color_mode="grayscale",
         scale="unit",
         epochs=opts.epochs,
+        # Occlusion/clutter noise is for photos; Fashion-MNIST's silhouettes have none.
+        noise=False,
         model_name=MODEL_NAME,
     )
     preflight(cfg)

@@ -1,247 +1,138 @@
-"""The minimal trainer: a small CNN trained on a labelled base library, exported as a bundle.
+"""The training job: labelled catalog images -> a fine-tuned Keras classifier -> a model bundle.
 
-Images are fetched and decoded on the executors with the very code the tagging job uses
-(``prodclf.inference.prepare_batch``), so training sees exactly the pixels tagging will
-see. The decoded pixels are then collected to the driver and trained on in memory: fine
-for tens of thousands of small images, and the reason this trainer is "minimal" (a
-streaming, petastorm-based trainer replaces it for real catalogs).
+Spark fetches and decodes the images on the executors (``prodclf.train_data``), petastorm
+streams each split into ``tf.data``, and Keras trains on the driver (or the GPU next to it).
+The recipe is the research's: an ImageNet backbone with about 75% of its parameters
+trainable, dropout before the classifier, augmentation plus occlusion/clutter noise, the
+learning rate halved when validation accuracy stalls, optionally a grayscale
+convolutional+recurrent stream fused with the RGB features. The run ends with the test
+split scored by ``prodclf.metrics`` and a report written into the bundle.
 
-``preflight`` needs neither Spark nor TensorFlow; TensorFlow/Keras are imported inside
-``run_train`` only, so importing this module stays cheap.
+``preflight`` needs neither Spark nor TensorFlow; TensorFlow is imported in ``run_train``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import tempfile
 import time
-from collections import Counter
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
-import yaml
-from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql import functions as F
-from pyspark.sql.types import BinaryType, BooleanType, StringType, StructField, StructType
+from pyspark.sql import SparkSession
 
 from prodclf.bundle import BundleMeta, Label, export_bundle
-from prodclf.config import StorageConfig, TrainConfig
-from prodclf.errors import ConfigError, InputError
-from prodclf.imaging import PreprocessSpec, scale_pixels
-from prodclf.inference import import_tensorflow, prepare_batch
+from prodclf.config import TrainConfig
+from prodclf.errors import ConfigError
+from prodclf.imaging import PreprocessSpec
+from prodclf.models import ModelOptions, architecture_info
 from prodclf.storage import objects, tables
+from prodclf.storage.uris import normalize_location, parse_uri
+from prodclf.train_data import (
+    TEST,
+    TRAIN,
+    VALIDATION,
+    DataSummary,
+    Prepared,
+    check_trainable,
+    converters,
+    prepare,
+    tf_dataset,
+)
 
 log = logging.getLogger(__name__)
 
-#: What the executors send back per labelled row: pixels, or the reason there are none.
-DECODED = StructType(
-    [
-        StructField("product_id", StringType()),
-        StructField("label", StringType()),
-        StructField("validation", BooleanType()),
-        StructField("pixels", BinaryType()),  # uint8 H*W*C bytes; null when the image failed
-        StructField("error_code", StringType()),  # null when the image loaded
-    ]
-)
-
-# Different salts keep the --limit sample and the validation split independent.
-_SPLIT_SALT = "prodclf-validation"
-_SPLIT_BUCKETS = 1_000_000
+REPORT_DIR = "report"
 
 
-@dataclass
-class Examples:
-    """The decoded training data on the driver, in product_id order."""
+@dataclass(frozen=True)
+class Plan:
+    """The configuration resolved against the architecture's defaults."""
 
-    product_ids: list[str]
-    labels: list[str]
-    validation: np.ndarray  # bool [N]
-    pixels: np.ndarray  # uint8 [N, H, W, C]
-    skipped: dict[str, int]  # error code -> rows whose image could not be used
+    spec: PreprocessSpec
+    model: ModelOptions
+    model_name: str
 
 
 # --- checks that need no Spark ---------------------------------------------------------
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """Refuse bad arguments before Spark starts: config, locations, the label map."""
+def plan(cfg: TrainConfig) -> Plan:
+    """Input size, colour and scaling from the flags, else from the architecture."""
+    info = architecture_info(cfg.architecture)
+    height = cfg.image_height or cfg.image_width or info.default_size
+    width = cfg.image_width or cfg.image_height or info.default_size
+    if min(height, width) < info.min_size:
+        raise ConfigError(
+            f"--image-size {min(height, width)}: {cfg.architecture} needs at least "
+            f"{info.min_size} px"
+        )
+    color = cfg.color_mode or info.color_mode
+    scale = cfg.scale or info.scale
+    if cfg.architecture != "small_cnn" and scale != info.scale:
+        raise ConfigError(
+            f"--scale {scale}: the {cfg.architecture} backbone expects {info.scale} pixels"
+        )
+    spec = PreprocessSpec(height, width, color, scale)
+    spec.validate()
+    opts = ModelOptions(
+        architecture=cfg.architecture,
+        weights=cfg.weights,
+        alpha=cfg.alpha,
+        trainable_fraction=cfg.trainable_fraction,
+        dropout=cfg.dropout,
+        fusion=cfg.fusion,
+        seed=cfg.seed,
+    )
+    suffix = "-gray-rgb" if cfg.fusion == "gray+rgb" else ""
+    name = cfg.model_name or f"prodclf-{cfg.architecture.replace('_', '-')}{suffix}"
+    return Plan(spec, opts, name)
+
+
+def preflight(cfg: TrainConfig) -> Plan:
+    """Refuse bad arguments before Spark starts: config, locations, weights, label map."""
     cfg.validate()
     tables.refuse_overlap(cfg.base_library, cfg.model_out, "--model-out")
     tables.require_dataset(cfg.base_library, "base library")
-    if cfg.label_map:
-        load_label_map(cfg.label_map)
+    if cfg.labels:
+        tables.require_dataset(cfg.labels, "labels table")
+    if cfg.weights not in ("none", "imagenet"):
+        try:
+            found = objects.exists(cfg.weights)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"--weights {cfg.weights}: cannot be read ({exc})") from None
+        if not found:
+            raise ConfigError(f"--weights {cfg.weights}: no such weights file")
+    load_labels(cfg, None)
+    return plan(cfg)
 
 
-def load_label_map(location: str) -> dict[str, str]:
-    """Read a YAML/JSON mapping ``{label name: category id}``; ids become strings."""
-    try:
-        raw = objects.read_bytes(location)
-    except OSError as exc:
-        raise ConfigError(f"--label-map {location}: cannot be read ({exc})") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--label-map {location}: not valid YAML/JSON ({first})") from None
-    if not isinstance(data, dict) or not data:
-        raise ConfigError(f"--label-map {location}: must be a non-empty mapping {{label: id}}")
-    bad = [
-        repr(k)
-        for k, v in data.items()
-        if not isinstance(k, (str, int))
-        or isinstance(k, bool)
-        or not isinstance(v, (str, int))
-        or isinstance(v, bool)
-        or not str(v).strip()
-    ]
-    if bad:
-        raise ConfigError(
-            f"--label-map {location}: every entry must map a label to a string or integer id "
-            f"(bad entries: {', '.join(bad[:5])})"
-        )
-    return {str(k): str(v).strip() for k, v in data.items()}
+def load_labels(cfg: TrainConfig, names: list[str] | None) -> tuple[Label, ...]:
+    """Bundle labels for ``names`` via the label map and taxonomy (checks only, when None)."""
+    from prodclf import taxonomy
 
-
-def label_ids(names: list[str], label_map: dict[str, str] | None, where: str) -> tuple[Label, ...]:
-    """The bundle labels in output order; every label must be in the map when there is one."""
-    if label_map is None:
-        return tuple(Label(name=n, id=n) for n in names)
-    missing = [n for n in names if n not in label_map]
-    if missing:
-        raise ConfigError(
-            f"--label-map {where}: no id for label(s) {', '.join(repr(m) for m in missing)}"
-        )
-    return tuple(Label(name=n, id=label_map[n]) for n in names)
-
-
-# --- the Spark part: labelled rows -> decoded pixels on the driver ---------------------
-
-
-def preprocess_spec(cfg: TrainConfig) -> PreprocessSpec:
-    return PreprocessSpec(cfg.image_height, cfg.image_width, cfg.color_mode, cfg.scale)
-
-
-def labelled_rows(base: DataFrame, cfg: TrainConfig) -> DataFrame:
-    """``product_id, image_uri, label, validation``: usable rows, optionally a stable sample."""
-    rows = base.where(F.col("product_id").isNotNull() & F.col(cfg.label_column).isNotNull()).select(
-        "product_id",
-        "image_uri",
-        F.col(cfg.label_column).cast("string").alias("label"),
+    tax = taxonomy.load_taxonomy(cfg.taxonomy) if cfg.taxonomy else None
+    where = f"--label-map {cfg.label_map}"
+    mapping = (
+        taxonomy.load_mapping(cfg.label_map, tax, what="--label-map") if cfg.label_map else None
     )
-    if cfg.limit is not None:
-        # A hash order, not the file order: the sample does not depend on how the library
-        # was written, and reruns with the same --limit see the same products.
-        rows = rows.orderBy(F.xxhash64("product_id"), "product_id").limit(cfg.limit)
-    bucket = F.pmod(F.xxhash64(F.lit(_SPLIT_SALT), "product_id"), F.lit(_SPLIT_BUCKETS))
-    threshold = round(cfg.validation_fraction * _SPLIT_BUCKETS)
-    return rows.withColumn("validation", bucket < F.lit(threshold))
+    if names is None:
+        return ()
+    return taxonomy.labels_for(names, mapping, where)
 
 
-def decode_partition_fn(
-    spec: PreprocessSpec, storage: StorageConfig
-) -> Callable[[Iterator[pd.DataFrame]], Iterator[pd.DataFrame]]:
-    """The ``mapInPandas`` function: fetch and decode one partition's images, concurrently."""
-
-    def decode(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        with ThreadPoolExecutor(storage.fetch_concurrency, "prodclf-train-fetch") as pool:
-            for pdf in batches:
-                batch = prepare_batch(pdf["image_uri"], spec, storage, pool)
-                pixels: list[bytes | None] = [None] * batch.size
-                for pos, row in enumerate(batch.ok_rows.tolist()):
-                    pixels[row] = batch.pixels[pos].tobytes()
-                codes: list[str | None] = [None] * batch.size
-                for row, err in batch.errors.items():
-                    codes[row] = err.code.value
-                yield pd.DataFrame(
-                    {
-                        "product_id": pdf["product_id"].to_numpy(),
-                        "label": pdf["label"].to_numpy(),
-                        "validation": pdf["validation"].to_numpy(dtype=bool),
-                        "pixels": pixels,
-                        "error_code": codes,
-                    },
-                    columns=DECODED.fieldNames(),
-                )
-
-    return decode
+# --- Keras ------------------------------------------------------------------------------
 
 
-def collect_examples(spark: SparkSession, cfg: TrainConfig, spec: PreprocessSpec) -> Examples:
-    """Decode every labelled image on the executors and bring the pixels to the driver.
-
-    Memory bound: the driver holds N*H*W*C bytes of uint8 pixels (plus about 4x that as
-    float32 while training), e.g. 20,000 28x28 grayscale images are 16 MB, and Spark's
-    collect needs about the same again transiently (``spark.driver.maxResultSize``).
-    """
-    base = tables.read_base_library(
-        spark, cfg.base_library, cfg.storage.spark_s3_scheme, extra=(cfg.label_column,)
-    )
-    rows = labelled_rows(base, cfg)
-    # Spread the fetch+decode over every core even when the library is one file.
-    rows = rows.repartition(max(1, spark.sparkContext.defaultParallelism))
-    decoded = rows.mapInPandas(decode_partition_fn(spec, cfg.storage), DECODED)  # type: ignore[arg-type]
-    pdf: pd.DataFrame = decoded.toPandas()
-    pdf = pdf.sort_values("product_id", kind="stable").reset_index(drop=True)
-
-    failed = pdf["error_code"].notna()
-    skipped = dict(sorted(Counter(pdf.loc[failed, "error_code"].astype(str)).items()))
-    good = pdf.loc[~failed]
-    if len(good):
-        flat = np.frombuffer(b"".join(good["pixels"].tolist()), dtype=np.uint8)
-        pixels = flat.reshape(len(good), *spec.shape)
-    else:
-        pixels = np.zeros((0, *spec.shape), dtype=np.uint8)
-    return Examples(
-        product_ids=good["product_id"].astype(str).tolist(),
-        labels=good["label"].astype(str).tolist(),
-        validation=good["validation"].to_numpy(dtype=bool),
-        pixels=pixels,
-        skipped=skipped,
-    )
-
-
-# --- the Keras part ---------------------------------------------------------------------
-
-
-def build_model(spec: PreprocessSpec, num_classes: int) -> Any:
-    """A small CNN: (Conv-BN-ReLU, max-pool) blocks, dropout, Dense softmax.
-
-    Input is ``spec.shape`` already scaled per ``spec.scale`` (the tagging job scales
-    outside the model), so the exported graph is plain layers: no Lambda, no Python.
-    Two blocks for small inputs, three above 32 px; the head flattens small feature maps
-    (position matters for clothing silhouettes) and global-average-pools large ones.
-    BatchNorm's moving statistics use momentum 0.9, not Keras' 0.99: a small catalog gives
-    only a few hundred steps, too few for 0.99 to settle (validation accuracy lags badly).
-    """
-    import keras
-    from keras import layers
-
-    inputs = keras.Input(shape=spec.shape, name="pixels")
-    x = inputs
-    filters = (32, 64, 128) if max(spec.height, spec.width) > 32 else (32, 64)
-    for i, f in enumerate(filters):
-        x = layers.Conv2D(f, 3, padding="same", use_bias=False, name=f"conv{i + 1}")(x)
-        x = layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(x)
-        x = layers.ReLU(name=f"relu{i + 1}")(x)
-        x = layers.MaxPooling2D(padding="same", name=f"pool{i + 1}")(x)
-    x = layers.Dropout(0.1, name="drop_features")(x)
-    _, h, w, _ = x.shape
-    if h * w <= 64:
-        x = layers.Flatten(name="flatten")(x)
-    else:
-        x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dense(128, activation="relu", name="dense")(x)
-    x = layers.Dropout(0.3, name="drop_dense")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities")(x)
-    return keras.Model(inputs, outputs, name="prodclf_small_cnn")
-
-
-def progress_callback(epochs: int) -> Any:
-    """A Keras callback logging one line per epoch (Keras' own bar is noise in Spark logs)."""
+def epoch_logger(epochs: int) -> Any:
+    """One log line per epoch, with the learning rate (Keras' bar is noise in Spark logs)."""
     import keras
 
     class EpochLog(keras.callbacks.Callback):
@@ -249,8 +140,11 @@ def progress_callback(epochs: int) -> Any:
             self._t0 = time.perf_counter()
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-            logs = logs or {}
-            parts = [f"{k} {logs[k]:.4f}" for k in sorted(logs) if isinstance(logs[k], float)]
+            logs = logs if logs is not None else {}
+            logs["learning_rate"] = float(
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
+            parts = [f"{k} {logs[k]:.4g}" for k in sorted(logs) if isinstance(logs[k], float)]
             log.info(
                 "epoch %d/%d: %s (%.1fs)",
                 epoch + 1,
@@ -262,95 +156,301 @@ def progress_callback(epochs: int) -> Any:
     return EpochLog()
 
 
-def _accuracy(model: Any, x: np.ndarray, y: np.ndarray) -> float | None:
-    if len(x) == 0:
+def class_weights(summary: DataSummary, mode: str) -> dict[int, float] | None:
+    """``balanced``: n / (classes * n_c), so every class weighs the same in the loss."""
+    if mode == "none":
         return None
-    probs = model.predict(x, batch_size=512, verbose=0)
-    return round(float(np.mean(np.argmax(probs, axis=1) == y)), 4)
+    counts = summary.images[TRAIN]
+    total = sum(counts.values())
+    k = len(summary.classes)
+    return {i: total / (k * counts[name]) for i, name in enumerate(summary.classes)}
+
+
+@contextmanager
+def _datasets(
+    conv: dict[str, Any], plan_: Plan, cfg: TrainConfig, summary: DataSummary, augment: Any
+) -> Iterator[tuple[Any, Any]]:
+    common: dict[str, Any] = {
+        "batch_size": cfg.batch_size,
+        "workers": cfg.reader_workers,
+        "seed": cfg.seed,
+    }
+    with tf_dataset(
+        conv[TRAIN],
+        plan_.spec,
+        rows=summary.count(TRAIN),
+        repeat=True,
+        shuffle=True,
+        augment=augment,
+        **common,
+    ) as train:
+        if VALIDATION in conv:
+            rows = summary.count(VALIDATION)
+            with tf_dataset(
+                conv[VALIDATION], plan_.spec, rows=rows, repeat=True, shuffle=False, **common
+            ) as val:
+                yield train, val
+        else:
+            yield train, None
+
+
+def fit(
+    model: Any,
+    conv: dict[str, Any],
+    plan_: Plan,
+    cfg: TrainConfig,
+    summary: DataSummary,
+    checkpoint_dir: Path,
+) -> dict[str, list[float]]:
+    """Train in one or two phases; the best epoch's weights are restored at the end."""
+    import keras
+
+    from prodclf.augment import AugmentOptions, make_augmenter
+    from prodclf.models import freeze_backbone, set_trainable_fraction
+
+    augment = None
+    if cfg.augment or cfg.noise:
+        opts = AugmentOptions(seed=cfg.seed)
+        if not cfg.augment:
+            opts = AugmentOptions(
+                flip=False, rotation=0, zoom=0, shift=0, brightness=0, contrast=0, seed=cfg.seed
+            )
+        if not cfg.noise:
+            opts = AugmentOptions(**{**asdict(opts), "occlusion": 0.0, "clutter": 0.0})
+        augment = make_augmenter(opts, plan_.spec.shape)
+
+    has_val = VALIDATION in conv
+    monitor = "val_accuracy" if has_val else "accuracy"
+    best = checkpoint_dir / "best.weights.h5"
+    checkpoint = keras.callbacks.ModelCheckpoint(
+        str(best), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True
+    )
+    callbacks: list[Any] = [
+        epoch_logger(cfg.epochs),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor=monitor,
+            mode="max",
+            factor=cfg.lr_factor,
+            patience=cfg.lr_patience,
+            min_lr=cfg.min_learning_rate,
+            verbose=0,
+        ),
+        checkpoint,
+    ]
+    if cfg.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode="max", patience=cfg.early_stopping_patience
+            )
+        )
+    steps = math.ceil(summary.count(TRAIN) / cfg.batch_size)
+    val_steps = math.ceil(summary.count(VALIDATION) / cfg.batch_size) if has_val else None
+    weights = class_weights(summary, cfg.class_weights)
+    backbone = cfg.architecture != "small_cnn"
+
+    phases: list[tuple[int, float, bool]] = []  # (last epoch, learning rate, frozen)
+    if backbone and cfg.head_epochs:
+        fine_lr = cfg.fine_tune_learning_rate or cfg.learning_rate / 10
+        phases = [(cfg.head_epochs, cfg.learning_rate, True), (cfg.epochs, fine_lr, False)]
+    else:
+        phases = [(cfg.epochs, cfg.learning_rate, False)]
+
+    history: dict[str, list[float]] = {}
+    first = 0
+    for last, lr, frozen in phases:
+        if backbone:
+            if frozen:
+                freeze_backbone(model)
+                log.info("phase: head only (backbone frozen), %d epoch(s)", last - first)
+            else:
+                share = set_trainable_fraction(model, cfg.trainable_fraction)
+                log.info("phase: fine-tuning, %s", share)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=lr),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        with _datasets(conv, plan_, cfg, summary, augment) as (train, val):
+            h = model.fit(
+                train,
+                epochs=last,
+                initial_epoch=first,
+                steps_per_epoch=steps,
+                validation_data=val,
+                validation_steps=val_steps,
+                class_weight=weights,
+                callbacks=callbacks,
+                verbose=0,
+            )
+        for key, values in h.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        first = last  # a phase that stopped early hands over at its planned last epoch
+    if best.exists():
+        model.load_weights(str(best))
+    return history
+
+
+def predict_split(model: Any, conv: Any, plan_: Plan, cfg: TrainConfig) -> tuple[Any, Any]:
+    """Probabilities and true class indices for one whole split, in a stable order."""
+    probs: list[np.ndarray] = []
+    truth: list[np.ndarray] = []
+    with tf_dataset(
+        conv,
+        plan_.spec,
+        rows=0,
+        batch_size=cfg.batch_size,
+        repeat=False,
+        shuffle=False,
+        workers=1,
+        seed=cfg.seed,
+    ) as ds:
+        for x, y in ds:
+            probs.append(np.asarray(model.predict_on_batch(x)))
+            truth.append(y.numpy())
+    return np.concatenate(probs), np.concatenate(truth).astype(np.int64)
+
+
+# --- the job -----------------------------------------------------------------------------
+
+
+def _weights_file(weights: str, tmp: Path) -> str:
+    """A local path Keras can load: object-store weights are downloaded first."""
+    if weights in ("none", "imagenet"):
+        return weights
+    ref = parse_uri(normalize_location(weights))
+    if ref.scheme == "file":
+        return str(objects.local_path(weights))
+    local = tmp / Path(ref.key).name
+    local.write_bytes(objects.read_bytes(weights))
+    return str(local)
 
 
 def run_train(cfg: TrainConfig, spark: SparkSession) -> BundleMeta:
-    """Train the small CNN on ``cfg.base_library`` and export it to ``cfg.model_out``."""
-    spec = preprocess_spec(cfg)
-    label_map = load_label_map(cfg.label_map) if cfg.label_map else None
+    """Train on ``cfg.base_library`` and export the bundle (with its report) to ``model_out``."""
+    plan_ = preflight(cfg)
     t0 = time.perf_counter()
-    ex = collect_examples(spark, cfg, spec)
-    n_skipped = sum(ex.skipped.values())
-    if n_skipped:
+    prepared: Prepared = prepare(spark, cfg, plan_.spec)
+    try:
+        return _train(cfg, spark, plan_, prepared, t0)
+    finally:
+        prepared.decoded.unpersist()
+
+
+def _train(
+    cfg: TrainConfig, spark: SparkSession, plan_: Plan, prepared: Prepared, t0: float
+) -> BundleMeta:
+    from prodclf import metrics as m
+    from prodclf.inference import import_tensorflow
+    from prodclf.report import write_report
+
+    summary = prepared.summary
+    check_trainable(summary, f"base library {cfg.base_library}")
+    labels = load_labels(cfg, summary.classes)
+    if summary.skipped:
         log.warning(
-            "skipped %d labelled row(s) whose image could not be used: %s",
-            n_skipped,
-            ", ".join(f"{code} {n}" for code, n in ex.skipped.items()),
+            "not used for training: %s",
+            ", ".join(f"{k} {v}" for k, v in summary.skipped.items()),
         )
-    names = sorted(set(ex.labels))
-    if len(names) < 2:
-        raise InputError(
-            f"base library {cfg.base_library}: needs images of at least 2 labels in column "
-            f"{cfg.label_column!r}, found {len(names)} ({len(ex.labels)} usable image(s))"
-        )
-    labels = label_ids(names, label_map, str(cfg.label_map))
-    index = {n: i for i, n in enumerate(names)}
-    y = np.array([index[n] for n in ex.labels], dtype=np.int64)
-    x = scale_pixels(ex.pixels, spec.scale)
-    val = ex.validation
-    if not (~val).any():
-        raise InputError(
-            f"base library {cfg.base_library}: every usable image fell in the validation "
-            "split; lower --validation-fraction or add images"
-        )
-    x_train, y_train, x_val, y_val = x[~val], y[~val], x[val], y[val]
     log.info(
-        "decoded %d image(s) in %.1fs: %d train, %d validation, %d class(es)",
-        len(x),
+        "data ready in %.1fs: %d train, %d validation, %d test image(s), %d class(es)",
         time.perf_counter() - t0,
-        len(x_train),
-        len(x_val),
-        len(names),
+        summary.count(TRAIN),
+        summary.count(VALIDATION),
+        summary.count(TEST),
+        len(summary.classes),
     )
 
     import_tensorflow()  # quiet C++ logs, GPU memory growth when there is a GPU
     import keras
 
+    from prodclf.models import build_classifier
+
     keras.utils.set_random_seed(cfg.seed)
-    model = build_model(spec, len(names))
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    model.fit(
-        x_train,
-        y_train,
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        validation_data=(x_val, y_val) if len(x_val) else None,
-        shuffle=True,
-        verbose=0,
-        callbacks=[progress_callback(cfg.epochs)],
-    )
-    metrics: dict[str, Any] = {
-        "train_accuracy": _accuracy(model, x_train, y_train),
-        "val_accuracy": _accuracy(model, x_val, y_val),
-        "train_images": len(x_train),
-        "val_images": len(x_val),
-        "skipped_images": n_skipped,
-        "epochs": cfg.epochs,
-        "classes": len(names),
-    }
-    meta = BundleMeta(
-        model_name=cfg.model_name,
-        model_version=cfg.model_version or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
-        labels=labels,
-        preprocessing=spec,
-        metrics=metrics,
-    )
-    meta = export_bundle(model, meta, cfg.model_out)
+    with tempfile.TemporaryDirectory(prefix="prodclf-train-") as tmp_name:
+        tmp = Path(tmp_name)
+        opts = ModelOptions(**{**asdict(plan_.model), "weights": _weights_file(cfg.weights, tmp)})
+        model = build_classifier(opts, plan_.spec.shape, len(summary.classes))
+        ckpt = Path(cfg.checkpoint_dir) if cfg.checkpoint_dir else tmp / "checkpoints"
+        ckpt.mkdir(parents=True, exist_ok=True)
+        t_fit = time.perf_counter()
+        with converters(spark, prepared, cfg.cache_dir) as conv:
+            history = fit(model, conv, plan_, cfg, summary, ckpt)
+            fit_seconds = time.perf_counter() - t_fit
+            scored_split = TEST if TEST in conv else VALIDATION if VALIDATION in conv else TRAIN
+            probs, truth = predict_split(model, conv[scored_split], plan_, cfg)
+            val_acc = None
+            if VALIDATION in conv:
+                vp, vt = predict_split(model, conv[VALIDATION], plan_, cfg)
+                val_acc = round(float(np.mean(np.argmax(vp, axis=1) == vt)), 6)
+
+        k = min(3, len(summary.classes))
+        scores = m.evaluate(
+            m.scored_from_probabilities(probs, truth, summary.classes, k=k),
+            target_precision=cfg.target_precision,
+        )
+        headline = {
+            "evaluated_on": scored_split,
+            "accuracy": scores["accuracy"],
+            "top_k_accuracy": scores["top_k_accuracy"],
+            "macro_f1": scores["macro_f1"],
+            "expected_calibration_error": scores["expected_calibration_error"],
+            "review_threshold": scores["review_threshold"],
+            "validation_accuracy": val_acc,
+            "epochs_run": len(history.get("loss", [])),
+            "best_epoch": _best_epoch(history),
+            "fit_seconds": round(fit_seconds, 1),
+            "data": summary.to_json(),
+            "architecture": cfg.architecture,
+            "fusion": cfg.fusion,
+            "weights": cfg.weights,
+            "seed": cfg.seed,
+            "parameters": int(model.count_params()),
+        }
+        meta = BundleMeta(
+            model_name=plan_.model_name,
+            model_version=cfg.model_version
+            or datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ"),
+            labels=labels,
+            preprocessing=plan_.spec,
+            metrics=headline,
+        )
+        report = tmp / REPORT_DIR
+        write_report(
+            report,
+            scores,
+            title=f"{meta.model_name} {meta.model_version}: {scored_split} split",
+            context={
+                "model": meta.model_name,
+                "version": meta.model_version,
+                "base library": cfg.base_library,
+                "split": scored_split,
+                "architecture": cfg.architecture,
+                "fusion": cfg.fusion,
+                "weights": cfg.weights,
+                "epochs run": headline["epochs_run"],
+                "seed": cfg.seed,
+            },
+            history=history,
+        )
+        (report / "history.json").write_text(json.dumps(history, indent=2))
+        (report / "training_config.json").write_text(
+            json.dumps(asdict(cfg), indent=2, sort_keys=True, default=str)
+        )
+        extra = {f"{REPORT_DIR}/{p.name}": p.read_bytes() for p in sorted(report.iterdir())}
+        meta = export_bundle(model, meta, cfg.model_out, extra_files=extra)
     log.info(
-        "model %s %s written to %s: train accuracy %s, validation accuracy %s",
+        "model %s %s written to %s: %s accuracy %s, validation accuracy %s",
         meta.model_name,
         meta.model_version,
         cfg.model_out,
-        metrics["train_accuracy"],
-        metrics["val_accuracy"],
+        scored_split,
+        headline["accuracy"],
+        val_acc,
     )
     return meta
+
+
+def _best_epoch(history: dict[str, list[float]]) -> int | None:
+    key = "val_accuracy" if "val_accuracy" in history else "accuracy"
+    values = history.get(key) or []
+    return int(np.argmax(values)) + 1 if values else None

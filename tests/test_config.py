@@ -173,9 +173,13 @@ def test_train_config_validate_refusals() -> None:
     cases: list[tuple[dict[str, Any], str]] = [
         ({"color_mode": "cmyk"}, "--color-mode must be rgb or grayscale"),
         ({"scale": "imagenet"}, "--scale must be unit, symmetric or raw"),
-        ({"validation_fraction": 1.0}, "--validation-fraction must be within [0, 1)"),
-        ({"limit": 0}, "--limit must be positive"),
+        ({"validation_fraction": 1.0}, "train.validation_fraction must be within [0, 1)"),
+        ({"limit": 0}, "train.limit must be positive"),
         ({"epochs": 0}, "train.epochs must be positive"),
+        ({"dropout": 1.0}, "train.dropout must be within [0, 1)"),
+        ({"class_weights": "auto"}, "--class-weights must be none or balanced"),
+        ({"lr_factor": 1.0}, "train.lr_factor must be within (0, 1)"),
+        ({"early_stopping_patience": -1}, "train.early_stopping_patience must not be negative"),
     ]
     for changes, expected in cases:
         with pytest.raises(ConfigError) as info:
@@ -238,3 +242,24 @@ def test_parse_run_date() -> None:
 def test_parse_run_date_refuses_bad_input(text: object) -> None:
     with pytest.raises(ConfigError, match="is not a date in YYYY-MM-DD form"):
         parse_run_date(text)  # type: ignore[arg-type]
+
+
+def test_yaml_values_are_checked_against_the_declared_type() -> None:
+    """Fields whose default is None (``int | None`` ...) are type-checked too."""
+    from dataclasses import fields
+
+    from prodclf.config import coerce_field
+
+    by_name = {f.name: f for f in fields(TrainConfig)}
+    assert coerce_field(by_name["limit"], 5, "train.limit") == 5
+    assert coerce_field(by_name["limit"], None, "train.limit") is None
+    assert coerce_field(by_name["fine_tune_learning_rate"], 1, "x") == 1.0
+    assert coerce_field(by_name["labels"], "s3://b/labels", "x") == "s3://b/labels"
+    with pytest.raises(ConfigError, match="train.limit: expected a number, found 'many'"):
+        coerce_field(by_name["limit"], "many", "train.limit")
+    with pytest.raises(ConfigError, match="train.labels: expected text"):
+        coerce_field(by_name["labels"], ["a"], "train.labels")
+    with pytest.raises(ConfigError, match="train.epochs: a value is required"):
+        coerce_field(by_name["epochs"], None, "train.epochs")
+    with pytest.raises(ConfigError, match="train.augment: expected true or false"):
+        coerce_field(by_name["augment"], "yes", "train.augment")
