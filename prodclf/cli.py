@@ -18,6 +18,7 @@ from typing import Any
 
 from prodclf import __version__
 from prodclf.config import (
+    AUGMENTATIONS,
     TRAIN_ARCHITECTURES,
     EvaluateConfig,
     InferenceConfig,
@@ -146,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dropout", type=float, metavar="P", help="before the classifier (0.3)")
     train.add_argument("--fusion", choices=("none", "gray+rgb"))
     train.add_argument(
-        "--no-augment", dest="augment", action="store_false", default=None, help="no augmentation"
+        "--augmentation",
+        choices=AUGMENTATIONS,
+        help="standard (default; photos), light (flips, shifts) or none",
     )
     train.add_argument(
         "--no-noise",
@@ -303,7 +306,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             "head_epochs",
             "dropout",
             "fusion",
-            "augment",
+            "augmentation",
             "noise",
             "epochs",
             "batch_size",

@@ -234,6 +234,7 @@ TRAIN_ARCHITECTURES = (
     "inception_v3",
 )
 SPLITS = ("train", "validation", "test")
+AUGMENTATIONS = ("none", "light", "standard")
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,9 @@ class TrainConfig:
     fine_tune_learning_rate: float | None = None
     dropout: float = 0.3
     fusion: str = "none"
-    augment: bool = True
+    # none; light (flips and shifts: for centred thumbnails such as Fashion-MNIST); standard
+    # (also rotation, zoom, brightness, contrast: for photos).
+    augmentation: str = "standard"
     # Occlusion and background-clutter "noise images" on top of the augmentation.
     noise: bool = True
     epochs: int = 5
@@ -323,6 +326,11 @@ class TrainConfig:
             raise ConfigError(f"--color-mode must be rgb or grayscale, not {self.color_mode!r}")
         if self.scale not in (None, "unit", "symmetric", "raw"):
             raise ConfigError(f"--scale must be unit, symmetric or raw, not {self.scale!r}")
+        if self.augmentation not in AUGMENTATIONS:
+            raise ConfigError(
+                f"--augmentation must be one of {', '.join(AUGMENTATIONS)}, "
+                f"not {self.augmentation!r}"
+            )
         if self.class_weights not in ("none", "balanced"):
             raise ConfigError(
                 f"--class-weights must be none or balanced, not {self.class_weights!r}"

@@ -73,6 +73,7 @@ VARIANTS = (
         {
             "architecture": "small_cnn",
             "color_mode": "grayscale",
+            "augmentation": "light",
             "epochs": 15,
             "batch_size": 128,
             "learning_rate": 2e-3,
@@ -250,6 +251,8 @@ def command(v: Variant, library: Path, out: Path) -> str:
             parts.append(f"{flags[key]} {value}")
         elif key == "image_height":
             parts.append(f"--image-size {value}")
+        elif key == "augmentation":
+            parts.append(f"--augmentation {value}")
         elif key == "noise" and not value:
             parts.append("--no-noise")
         elif key == "fine_tune_learning_rate":

@@ -20,7 +20,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -166,6 +166,23 @@ def class_weights(summary: DataSummary, mode: str) -> dict[int, float] | None:
     return {i: total / (k * counts[name]) for i, name in enumerate(summary.classes)}
 
 
+def augment_options(cfg: TrainConfig) -> Any:
+    """The augmentation preset, plus the occlusion/clutter noise unless turned off."""
+    from prodclf.augment import AugmentOptions
+
+    full = AugmentOptions(seed=cfg.seed)
+    if cfg.augmentation == "standard":
+        opts = full
+    elif cfg.augmentation == "light":
+        opts = replace(full, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+    else:
+        opts = replace(full, flip=False, rotation=0.0, zoom=0.0, shift=0.0)
+        opts = replace(opts, brightness=0.0, contrast=0.0)
+    if not cfg.noise:
+        opts = replace(opts, occlusion=0.0, clutter=0.0)
+    return opts
+
+
 @contextmanager
 def _datasets(
     conv: dict[str, Any], plan_: Plan, cfg: TrainConfig, summary: DataSummary, augment: Any
@@ -205,18 +222,12 @@ def fit(
     """Train in one or two phases; the best epoch's weights are restored at the end."""
     import keras
 
-    from prodclf.augment import AugmentOptions, make_augmenter
+    from prodclf.augment import make_augmenter
     from prodclf.models import freeze_backbone, set_trainable_fraction
 
     augment = None
-    if cfg.augment or cfg.noise:
-        opts = AugmentOptions(seed=cfg.seed)
-        if not cfg.augment:
-            opts = AugmentOptions(
-                flip=False, rotation=0, zoom=0, shift=0, brightness=0, contrast=0, seed=cfg.seed
-            )
-        if not cfg.noise:
-            opts = AugmentOptions(**{**asdict(opts), "occlusion": 0.0, "clutter": 0.0})
+    opts = augment_options(cfg)
+    if opts.enabled:
         augment = make_augmenter(opts, plan_.spec.shape)
 
     has_val = VALIDATION in conv
@@ -280,6 +291,7 @@ def fit(
                 validation_steps=val_steps,
                 class_weight=weights,
                 callbacks=callbacks,
+                shuffle=False,  # petastorm and tf.data shuffle; Keras cannot shuffle a stream
                 verbose=0,
             )
         for key, values in h.history.items():

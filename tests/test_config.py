@@ -178,6 +178,7 @@ def test_train_config_validate_refusals() -> None:
         ({"epochs": 0}, "train.epochs must be positive"),
         ({"dropout": 1.0}, "train.dropout must be within [0, 1)"),
         ({"class_weights": "auto"}, "--class-weights must be none or balanced"),
+        ({"augmentation": "heavy"}, "--augmentation must be one of none, light, standard"),
         ({"lr_factor": 1.0}, "train.lr_factor must be within (0, 1)"),
         ({"early_stopping_patience": -1}, "train.early_stopping_patience must not be negative"),
     ]
@@ -255,11 +256,11 @@ def test_yaml_values_are_checked_against_the_declared_type() -> None:
     assert coerce_field(by_name["limit"], None, "train.limit") is None
     assert coerce_field(by_name["fine_tune_learning_rate"], 1, "x") == 1.0
     assert coerce_field(by_name["labels"], "s3://b/labels", "x") == "s3://b/labels"
-    with pytest.raises(ConfigError, match="train.limit: expected a number, found 'many'"):
+    with pytest.raises(ConfigError, match=r"train\.limit: expected a number, found 'many'"):
         coerce_field(by_name["limit"], "many", "train.limit")
-    with pytest.raises(ConfigError, match="train.labels: expected text"):
+    with pytest.raises(ConfigError, match=r"train\.labels: expected text"):
         coerce_field(by_name["labels"], ["a"], "train.labels")
-    with pytest.raises(ConfigError, match="train.epochs: a value is required"):
+    with pytest.raises(ConfigError, match=r"train\.epochs: a value is required"):
         coerce_field(by_name["epochs"], None, "train.epochs")
-    with pytest.raises(ConfigError, match="train.augment: expected true or false"):
-        coerce_field(by_name["augment"], "yes", "train.augment")
+    with pytest.raises(ConfigError, match=r"train\.noise: expected true or false"):
+        coerce_field(by_name["noise"], "yes", "train.noise")

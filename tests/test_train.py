@@ -376,6 +376,23 @@ def test_preflight_checks_the_label_map_against_the_taxonomy(tmp_path: Path) -> 
     preflight(cfg)
 
 
+def test_augmentation_presets() -> None:
+    from prodclf.train import augment_options
+
+    def cfg(**kw: Any) -> TrainConfig:
+        return TrainConfig(base_library="/b", model_out="/m", **kw)
+
+    standard = augment_options(cfg())
+    assert standard.flip and standard.rotation and standard.brightness and standard.occlusion
+    light = augment_options(cfg(augmentation="light", noise=False))
+    assert light.flip and light.shift and light.enabled
+    assert not (light.rotation or light.zoom or light.brightness or light.contrast)
+    assert not (light.occlusion or light.clutter)
+    assert not augment_options(cfg(augmentation="none", noise=False)).enabled
+    noise_only = augment_options(cfg(augmentation="none"))
+    assert noise_only.occlusion and not noise_only.flip
+
+
 def test_plan_takes_the_architecture_defaults(tmp_path: Path) -> None:
     cfg = TrainConfig(base_library="/b", model_out="/m", architecture="mobilenet_v2")
     assert plan(cfg).spec == PreprocessSpec(224, 224, "rgb", "symmetric")
