@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast lint typecheck bench clean check-java fashion-mnist
+.PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist
 
 setup: $(STAMP)
 
@@ -51,5 +51,9 @@ lint: setup
 bench: setup
 	$(BIN)/python -m prodclf.bench $(BENCH_ARGS)
 
+# The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
+results: setup fashion-mnist
+	$(BIN)/python -m prodclf.results --workdir results-workdir --out docs/results.md $(RESULTS_ARGS)
+
 clean:
-	rm -rf $(WORKDIR) bench-workdir .pytest_cache .mypy_cache .ruff_cache spark-warehouse
+	rm -rf $(WORKDIR) bench-workdir results-workdir .pytest_cache .mypy_cache .ruff_cache spark-warehouse

@@ -257,7 +257,9 @@ def fit(
     steps = math.ceil(summary.count(TRAIN) / cfg.batch_size)
     val_steps = math.ceil(summary.count(VALIDATION) / cfg.batch_size) if has_val else None
     weights = class_weights(summary, cfg.class_weights)
-    backbone = cfg.architecture != "small_cnn"
+    # Only a pretrained backbone is frozen in part: freezing a random one would also freeze
+    # its BatchNorm statistics at their initial values.
+    backbone = cfg.architecture != "small_cnn" and cfg.weights != "none"
 
     phases: list[tuple[int, float, bool]] = []  # (last epoch, learning rate, frozen)
     if backbone and cfg.head_epochs:
