@@ -161,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, metavar="N")
     train.add_argument("--batch-size", type=int, metavar="N")
     train.add_argument("--learning-rate", type=float, metavar="LR")
+    train.add_argument(
+        "--fine-tune-learning-rate",
+        type=float,
+        metavar="LR",
+        help="learning rate once the backbone is unfrozen (default: learning rate / 10)",
+    )
+    train.add_argument(
+        "--lr-patience",
+        type=int,
+        metavar="N",
+        help="halve the learning rate after N epochs without better validation accuracy",
+    )
+    train.add_argument("--min-learning-rate", type=float, metavar="LR", help="the floor")
     train.add_argument("--class-weights", choices=("none", "balanced"))
     train.add_argument("--validation-fraction", type=float, metavar="F")
     train.add_argument("--test-fraction", type=float, metavar="F")
@@ -311,6 +324,9 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
             "epochs",
             "batch_size",
             "learning_rate",
+            "fine_tune_learning_rate",
+            "lr_patience",
+            "min_learning_rate",
             "class_weights",
             "validation_fraction",
             "test_fraction",

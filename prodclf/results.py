@@ -69,15 +69,16 @@ VARIANTS = (
     Variant(
         "fashion_mnist_small_cnn",
         "fashion_mnist",
-        "small CNN, 28x28 grayscale, flips/shifts, no noise",
+        "small CNN, 28x28 grayscale, no augmentation, LR halved after 1 flat epoch",
         {
             "architecture": "small_cnn",
             "color_mode": "grayscale",
-            "augmentation": "light",
+            "augmentation": "none",
+            "noise": False,
             "epochs": 15,
             "batch_size": 128,
             "learning_rate": 2e-3,
-            "noise": False,
+            "lr_patience": 1,
             "early_stopping_patience": 4,
             "label_map": str(ROOT / "infra" / "config" / "fashion-mnist-taxonomy.yaml"),
             "taxonomy": str(TAXONOMY),
@@ -255,8 +256,8 @@ def command(v: Variant, library: Path, out: Path) -> str:
             parts.append(f"--augmentation {value}")
         elif key == "noise" and not value:
             parts.append("--no-noise")
-        elif key == "fine_tune_learning_rate":
-            parts.append(f"--config <yaml with train.fine_tune_learning_rate: {value}>")
+        elif key in ("fine_tune_learning_rate", "lr_patience"):
+            parts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join(parts)
 
 
@@ -325,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         previous[v.name] = run_variant(v, library, workdir, spark)
         saved.write_text(json.dumps(list(previous.values()), indent=2))
     ordered = [previous[v.name] for v in VARIANTS if v.name in previous]
+    for v in VARIANTS:  # the command lines follow the current variant definitions
+        if v.name in previous:
+            r = previous[v.name]
+            r["command"] = command(v, workdir / "libraries" / v.dataset, Path(r["bundle"]))
     env = {
         "machine": f"{platform.machine()}, {_cores()} CPU cores, Python {platform.python_version()}"
     }

@@ -188,3 +188,30 @@ def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> No
     assert cfg.inference.review_threshold == 0.6
     assert dict(cfg.spark.conf) == {"spark.sql.shuffle.partitions": "400"}
     assert cfg.spark.app_name == "prodclf-nightly"
+
+
+def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
+    """infra/config/train-grocery.yaml is valid and every key in it takes effect."""
+    import yaml
+
+    from prodclf.cli import build_parser, train_config
+
+    example = Path(__file__).resolve().parents[1] / "infra" / "config" / "train-grocery.yaml"
+    args = build_parser().parse_args(
+        ["train", "--base-library", "/b", "--model-out", "/m", "--config", str(example)]
+    )
+    cfg = train_config(args)
+    expected = yaml.safe_load(example.read_text())["train"]
+    for key, value in expected.items():
+        assert getattr(cfg, key) == value, key
+    assert cfg.storage.fetch_concurrency == 16
+    base = ["train", "--base-library", "/b", "--model-out", "/m", "--config", str(example)]
+    flags = ["--epochs", "6", "--fusion", "gray+rgb", "--augmentation", "light", "--no-noise"]
+    flagged = build_parser().parse_args([*base, *flags])
+    over = train_config(flagged)
+    assert (over.epochs, over.fusion, over.augmentation, over.noise) == (
+        3,
+        "gray+rgb",
+        "light",
+        False,
+    )
