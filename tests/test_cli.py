@@ -210,7 +210,7 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     flagged = build_parser().parse_args([*base, *flags])
     over = train_config(flagged)
     assert (over.epochs, over.fusion, over.augmentation, over.noise) == (
-        3,
+        6,
         "gray+rgb",
         "light",
         False,
