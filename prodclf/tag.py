@@ -75,6 +75,11 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta | None = None)
     counts = count_input(base)
     if counts.rows == 0:
         raise InputError(f"base library {cfg.base_library}: has no rows; nothing to tag")
+    if counts.distinct_products == 0:
+        raise InputError(
+            f"base library {cfg.base_library}: no row has a product_id "
+            f"({counts.rows} row(s)); nothing to tag"
+        )
     if counts.null_product_ids or counts.duplicate_rows:
         log.warning(
             "base library: %d row(s) without product_id (not taggable), %d duplicate row(s) "

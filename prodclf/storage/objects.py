@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
 from collections.abc import Iterator
 from functools import lru_cache
@@ -74,19 +75,31 @@ def fetch_image_bytes(ref: ObjectRef, cfg: StorageConfig) -> bytes:
 def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
     path = ref.key
     try:
-        size = os.stat(path).st_size
-        if os.path.isdir(path):
-            raise RowError(ErrorCode.NOT_FOUND, f"{ref.uri} is a directory, not an object")
-        if size > limit:
-            raise RowError(ErrorCode.OBJECT_TOO_LARGE, f"{size} bytes exceeds the limit of {limit}")
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
+        # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
     except PermissionError:
         raise RowError(ErrorCode.ACCESS_DENIED, f"permission denied: {ref.uri}") from None
     except OSError as exc:
         raise RowError(ErrorCode.FETCH_FAILED, f"{type(exc).__name__}: {exc.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise RowError(ErrorCode.NOT_FOUND, f"{ref.uri} is a directory, not an object")
+        if not stat.S_ISREG(st.st_mode):
+            # Devices, FIFOs, sockets are not objects (/dev/zero never ends, a FIFO blocks).
+            raise RowError(ErrorCode.NOT_FOUND, f"{ref.uri} is not a regular file")
+        if st.st_size > limit:
+            raise RowError(
+                ErrorCode.OBJECT_TOO_LARGE, f"{st.st_size} bytes exceeds the limit of {limit}"
+            )
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise RowError(ErrorCode.FETCH_FAILED, f"{type(exc).__name__}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
     return _checked(data, limit)
 
 
@@ -159,17 +172,31 @@ def _ref(uri: str) -> ObjectRef:
 
 
 def read_bytes(uri: str) -> bytes:
+    """A whole object; a missing one is ``FileNotFoundError``, a refused one ``PermissionError``."""
     ref = _ref(uri)
     if ref.scheme == "file":
         return Path(ref.key).read_bytes()
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     try:
         resp = s3_client().get_object(Bucket=ref.bucket, Key=ref.key)
+        data: bytes = resp["Body"].read()
     except ClientError as exc:
-        raise FileNotFoundError(f"{uri}: {exc.response.get('Error', {}).get('Code')}") from None
-    data: bytes = resp["Body"].read()
+        raise _os_error(uri, exc) from None
+    except BotoCoreError as exc:
+        raise OSError(f"{uri}: {type(exc).__name__}") from None
     return data
+
+
+def _os_error(uri: str, exc: Any) -> OSError:
+    """The OSError subclass for an S3 ClientError: not found, access denied, or other."""
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    if code in _NOT_FOUND or status == "404":
+        return FileNotFoundError(f"{uri}: not found ({code or status})")
+    if code in _DENIED or status == "403":
+        return PermissionError(f"{uri}: access denied ({code or status})")
+    return OSError(f"{uri}: {code or status}")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -190,7 +217,7 @@ def exists(uri: str) -> bool:
     ref = _ref(uri)
     if ref.scheme == "file":
         return os.path.exists(ref.key)
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     prefix = ref.key.rstrip("/")
     # Two listings: keys such as "base-2/..." sort before "base/...", so one short listing
@@ -202,7 +229,9 @@ def exists(uri: str) -> bool:
             if keys and (keys[0] == prefix or keys[0].startswith(prefix + "/")):
                 return True
     except ClientError as exc:
-        raise OSError(f"{uri}: {exc.response.get('Error', {}).get('Code')}") from None
+        raise _os_error(uri, exc) from None
+    except BotoCoreError as exc:
+        raise OSError(f"{uri}: {type(exc).__name__}") from None
     return False
 
 
