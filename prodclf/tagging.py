@@ -34,14 +34,17 @@ def select_products(base: DataFrame, num_partitions: int | None = None) -> DataF
     so left to itself adaptive execution would coalesce a whole catalog into one task.
     Hash-partitioning by ``product_id`` before the aggregation costs no extra shuffle.
 
-    Duplicate product rows collapse to one (the smallest non-null ``image_uri``, so the
+    Duplicate product rows collapse to one (the smallest non-blank ``image_uri``, so the
     choice is deterministic across reruns); rows without a ``product_id`` cannot be keyed
     and are counted in the run manifest instead (see ``tag.count_input``).
     """
     keyed = base.where(F.col("product_id").isNotNull())
     if num_partitions:
         keyed = keyed.repartition(num_partitions, "product_id")
-    return keyed.groupBy("product_id").agg(F.min("image_uri").alias("image_uri"))
+    usable = F.when(F.trim("image_uri") != F.lit(""), F.col("image_uri"))
+    # The smallest non-blank reference; a blank one only when the product has nothing else.
+    uri = F.coalesce(F.min(usable), F.min("image_uri"))
+    return keyed.groupBy("product_id").agg(uri.alias("image_uri"))
 
 
 def plan_partitions(products: int, parallelism: int, rows_per_partition: int) -> int:

@@ -40,11 +40,21 @@ def test_select_products_keeps_one_row_per_product_deterministically(spark: Spar
             ("b", None, "t"),
             (None, "s3://b/n", "t"),
             ("c", "s3://b/c", "t"),
+            ("d", "  ", "t"),  # a blank reference never wins over a usable one
+            ("d", "", "t"),
+            ("d", "s3://b/d", "t"),
+            ("e", " ", "t"),  # ... but stays when it is all there is (an invalid_uri row)
         ],
         "product_id string, image_uri string, title string",
     )
     got = sorted(tuple(r) for r in base.transform(select_products, 3).collect())
-    assert got == [("a", "s3://b/1"), ("b", None), ("c", "s3://b/c")]
+    assert got == [
+        ("a", "s3://b/1"),
+        ("b", None),
+        ("c", "s3://b/c"),
+        ("d", "s3://b/d"),
+        ("e", " "),
+    ]
     assert base.transform(select_products, 3).rdd.getNumPartitions() == 3
 
 
