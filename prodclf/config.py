@@ -36,6 +36,8 @@ class StorageConfig:
     max_pixels: int = 50_000_000
     connect_timeout_s: float = 5.0
     read_timeout_s: float = 30.0
+    # Wall-clock budget for one object, all attempts and the body included.
+    fetch_deadline_s: float = 120.0
     retry_mode: str = "standard"
     max_attempts: int = 5
     # Concurrent object fetches (and decodes) per Python worker: hides storage latency.
@@ -45,7 +47,7 @@ class StorageConfig:
 
     def validate(self) -> None:
         _positive(self, "max_object_bytes", "max_pixels", "max_attempts", "fetch_concurrency")
-        _positive(self, "connect_timeout_s", "read_timeout_s")
+        _positive(self, "connect_timeout_s", "read_timeout_s", "fetch_deadline_s")
         if self.retry_mode not in ("legacy", "standard", "adaptive"):
             raise ConfigError(
                 f"storage.retry_mode must be legacy, standard or adaptive, not {self.retry_mode!r}"

@@ -345,3 +345,41 @@ def test_s3_closed_port_is_fetch_failed(monkeypatch: pytest.MonkeyPatch) -> None
         assert "after 2 attempts" in info.value.message
     finally:
         objects.s3_client.cache_clear()
+
+
+def test_a_trickling_body_ends_at_the_fetch_deadline() -> None:
+    """read_timeout_s bounds each read; the deadline bounds the whole object."""
+    import time
+
+    from prodclf.errors import ErrorCode, RowError
+    from prodclf.storage.objects import _read_until
+
+    class Trickle:
+        def __init__(self) -> None:
+            self.reads = 0
+
+        def read(self, n: int) -> bytes:
+            self.reads += 1
+            time.sleep(0.02)
+            return b"x" * min(n, 10)
+
+    body = Trickle()
+    start = time.monotonic()
+    with pytest.raises(RowError) as info:
+        _read_until(body, 10_000_000, time.monotonic() + 0.2, "s3://b/slow.jpg")
+    assert info.value.code is ErrorCode.FETCH_FAILED
+    assert "fetch deadline exceeded" in str(info.value)
+    assert time.monotonic() - start < 1.0 and body.reads < 50
+
+    class Quick:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+        def read(self, n: int) -> bytes:
+            chunk, self.data = self.data[:n], self.data[n:]
+            return chunk
+
+    assert (
+        _read_until(Quick(b"abc" * 100_000), 10**9, time.monotonic() + 5, "u") == b"abc" * 100_000
+    )
+    assert _read_until(Quick(b"abcdef"), 4, time.monotonic() + 5, "u") == b"abcd"

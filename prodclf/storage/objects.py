@@ -111,6 +111,7 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
     # botocore retries the request itself (cfg.max_attempts in all); only a failure while
     # streaming the body is retried here, with a new request.
     last = ""
+    deadline = time.monotonic() + cfg.fetch_deadline_s
     for attempt in range(1, cfg.max_attempts + 1):
         try:
             resp = client.get_object(Bucket=ref.bucket, Key=ref.key)
@@ -138,7 +139,7 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
                 raise RowError(
                     ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
                 )
-            data = body.read(limit + 1)
+            data = _read_until(body, limit + 1, deadline, ref.uri)
             if length is not None and len(data) < length:
                 # A connection closed early: botocore does not check a sized read.
                 raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
@@ -149,8 +150,38 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
         finally:
             body.close()
         if attempt < cfg.max_attempts:
-            time.sleep(min(2.0, 0.1 * 2**attempt))
-    raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {cfg.max_attempts} attempts: {ref.uri}")
+            pause = min(2.0, 0.1 * 2**attempt)
+            if time.monotonic() + pause >= deadline:
+                break
+            time.sleep(pause)
+    raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {attempt} attempt(s): {ref.uri}")
+
+
+#: Body reads are chunked so that the fetch deadline is checked while a slow body streams
+#: (between chunks: a trickling store can overrun it by at most one chunk's reads).
+_CHUNK = 64 << 10
+
+
+def _read_until(body: Any, most: int, deadline: float, uri: str) -> bytes:
+    """At most ``most`` bytes of ``body``; a fetch past its deadline is ``fetch_failed``.
+
+    ``read_timeout_s`` bounds each socket read only: a store trickling one byte just before
+    each timeout would otherwise hold the product (and its task) for hours.
+    """
+    parts: list[bytes] = []
+    got = 0
+    while got < most:
+        if time.monotonic() > deadline:
+            raise RowError(
+                ErrorCode.FETCH_FAILED,
+                f"fetch deadline exceeded after {got} bytes (storage.fetch_deadline_s): {uri}",
+            )
+        chunk = body.read(min(_CHUNK, most - got))
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
 
 
 def _checked(data: bytes, limit: int) -> bytes:
