@@ -186,12 +186,18 @@ def test_s3_helpers(s3: Any, bucket: str, tmp_path: Path) -> None:
     (src / "saved_model" / "variables").mkdir(parents=True)
     (src / "saved_model" / "saved_model.pb").write_bytes(b"pb")
     (src / "saved_model" / "variables" / "variables.index").write_bytes(b"idx")
+    (src / "bundle.json").write_bytes(b'{"a": 2}')
+    objects.write_bytes(f"{base}/saved_model/variables/old-shard", b"stale")
+    objects.write_bytes(f"{base}-2/keep.json", b"a sibling prefix")
     objects.copy_tree_from_local(src, f"{base}/")
+    # The prefix now holds exactly the published tree: replaced, stale keys deleted.
     assert list(objects.list_files(base)) == [
         ("bundle.json", f"{base}/bundle.json"),
         ("saved_model/saved_model.pb", f"{base}/saved_model/saved_model.pb"),
         ("saved_model/variables/variables.index", f"{base}/saved_model/variables/variables.index"),
     ]
+    assert objects.read_bytes(f"{base}/bundle.json") == b'{"a": 2}'
+    assert objects.read_bytes(f"{base}-2/keep.json") == b"a sibling prefix"
     assert list(objects.list_files(f"s3://{bucket}/models/col")) == []
 
     dest = objects.copy_tree_to_local(base, tmp_path / "copy")

@@ -307,7 +307,12 @@ def copy_tree_to_local(uri: str, dest: Path) -> Path:
 
 
 def copy_tree_from_local(src: Path, uri: str) -> None:
-    """Publish a local directory to a directory or S3 prefix (for model bundles)."""
+    """Publish a local directory to a directory or S3 prefix, replacing what was there.
+
+    A republished bundle or report must not keep files of the previous one (an old
+    variables shard, a stale plot): on S3, keys under the prefix that were not just
+    uploaded are deleted after the upload.
+    """
     ref = _ref(uri)
     if ref.scheme == "file":
         dest = Path(ref.key)
@@ -315,7 +320,21 @@ def copy_tree_from_local(src: Path, uri: str) -> None:
             shutil.rmtree(dest)
         shutil.copytree(src, dest)
         return
+    prefix = ref.key.rstrip("/")
+    written: set[str] = set()
+    client = s3_client()
     for p in sorted(src.rglob("*")):
         if p.is_file():
-            key = ref.key.rstrip("/") + "/" + p.relative_to(src).as_posix()
-            s3_client().upload_file(str(p), ref.bucket, key)
+            key = prefix + "/" + p.relative_to(src).as_posix()
+            client.upload_file(str(p), ref.bucket, key)
+            written.add(key)
+    stale = [
+        {"Key": obj["Key"]}
+        for page in client.get_paginator("list_objects_v2").paginate(
+            Bucket=ref.bucket, Prefix=prefix + "/"
+        )
+        for obj in page.get("Contents", [])
+        if obj["Key"] not in written
+    ]
+    for i in range(0, len(stale), 1000):
+        client.delete_objects(Bucket=ref.bucket, Delete={"Objects": stale[i : i + 1000]})
