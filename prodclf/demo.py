@@ -254,7 +254,7 @@ def train_model(
 
     label_map = dict(fashion_mnist.TAXONOMY_IDS)
     objects.write_bytes(str(layout.label_map), json.dumps(label_map, indent=2).encode())
-    params = {**libraries, "epochs": opts.epochs, "label_map": label_map}
+    params = {**libraries, "epochs": opts.epochs, "label_map": label_map, "trainer": 2}
     if is_done(layout.model_marker, params):
         try:
             meta = read_meta(str(layout.model))
@@ -360,7 +360,8 @@ def print_summary(
         f"prodclf demo: finished in {seconds:.0f}s",
         f"  model              {meta.model_name} {meta.model_version} "
         f"({'trained now' if trained else 'reused'}; validation accuracy "
-        f"{_pct(meta.metrics.get('val_accuracy'))})",
+        f"{_pct(meta.metrics.get('validation_accuracy'))}, held-out test accuracy "
+        f"{_pct(meta.metrics.get('accuracy'))}; report in {layout.model / 'report'})",
         f"  products           {manifest['products_in']}",
         f"  tagged ok          {manifest['ok']}",
         f"  errors             {manifest['error_rows']} ({by_code})",

@@ -12,6 +12,7 @@ TensorFlow is imported inside the functions that need it.
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -295,6 +296,7 @@ class Prepared:
     decoded: DataFrame
     summary: DataSummary
     input_counts: InputCounts
+    row_bytes: int  # decoded pixels per image
 
 
 def prepare(
@@ -311,7 +313,8 @@ def prepare(
     parts = partitions or max(2, spark.sparkContext.defaultParallelism * 2)
     decoded = decode_images(rows, spec, cfg.storage, parts).persist(StorageLevel.DISK_ONLY)
     summary = summarize(decoded, counts)
-    return Prepared(decoded, summary, counts)
+    h, w, c = spec.shape
+    return Prepared(decoded, summary, counts, h * w * c)
 
 
 def cache_url(cache_dir: str | None) -> tuple[str, Callable[[], None]]:
@@ -337,9 +340,12 @@ def converters(
     made: dict[str, Any] = {}
     try:
         for split in SPLITS:
-            if prepared.summary.count(split):
+            rows = prepared.summary.count(split)
+            if rows:
                 df = indexed(prepared.decoded, prepared.summary.classes, split)
-                made[split] = make_spark_converter(df)
+                # Files of about 64 MB (petastorm reads small files slowly, and says so).
+                files = max(1, math.ceil(rows * prepared.row_bytes / (64 << 20)))
+                made[split] = make_spark_converter(df.coalesce(files))
         yield made
     finally:
         for conv in made.values():
