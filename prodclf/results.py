@@ -55,12 +55,12 @@ GROCERY_COMMON: dict[str, Any] = {
     "alpha": 0.25,
     "image_height": 160,
     "image_width": 160,
-    "epochs": 14,
+    "epochs": 30,
     "head_epochs": 3,
     "batch_size": 32,
-    "learning_rate": 1e-3,
-    "fine_tune_learning_rate": 3e-4,
-    "early_stopping_patience": 5,
+    "learning_rate": 3e-3,
+    "fine_tune_learning_rate": 1e-3,
+    "early_stopping_patience": 6,
     "label_map": str(ROOT / "infra" / "config" / "grocery-taxonomy.yaml"),
     "taxonomy": str(TAXONOMY),
 }
@@ -91,12 +91,6 @@ VARIANTS = (
         {**GROCERY_COMMON, "weights": str(MOBILENET)},
     ),
     Variant(
-        "grocery_scratch",
-        "grocery",
-        "the same network from random weights (all trainable, one phase)",
-        {**GROCERY_COMMON, "weights": "none", "trainable_fraction": 1.0, "head_epochs": 0},
-    ),
-    Variant(
         "grocery_pretrained_no_dropout",
         "grocery",
         "pretrained, dropout 0",
@@ -107,6 +101,12 @@ VARIANTS = (
         "grocery",
         "pretrained + gray conv/GRU stream fused before the classifier",
         {**GROCERY_COMMON, "weights": str(MOBILENET), "fusion": "gray+rgb"},
+    ),
+    Variant(
+        "grocery_scratch",
+        "grocery",
+        "the same network from random weights (all trainable, one phase)",
+        {**GROCERY_COMMON, "weights": "none", "trainable_fraction": 1.0, "head_epochs": 0},
     ),
 )
 
