@@ -19,7 +19,6 @@ from typing import Any
 from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
-    TRAIN_ARCHITECTURES,
     EvaluateConfig,
     InferenceConfig,
     SparkConfig,
@@ -34,6 +33,7 @@ from prodclf.config import (
     with_overrides,
 )
 from prodclf.errors import ConfigError, ProdclfError
+from prodclf.models import ARCHITECTURES, FUSIONS
 
 EXIT_REFUSED = 2
 
@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument(
         "--architecture",
-        choices=TRAIN_ARCHITECTURES,
+        choices=ARCHITECTURES,
         help="default: small_cnn",
     )
     train.add_argument(
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="two-phase schedule: N epochs with the backbone frozen first",
     )
     train.add_argument("--dropout", type=float, metavar="P", help="before the classifier (0.3)")
-    train.add_argument("--fusion", choices=("none", "gray+rgb"))
+    train.add_argument("--fusion", choices=FUSIONS)
     train.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
@@ -387,9 +387,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prodclf.train import run_train
 
     cfg = train_config(args)
-    train_preflight(cfg)
+    plan = train_preflight(cfg)
     spark = create_session(cfg.spark)
-    meta = run_train(cfg, spark)
+    meta = run_train(cfg, spark, plan)
     print(
         json.dumps(
             {

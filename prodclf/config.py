@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from prodclf.errors import ConfigError
+from prodclf.models import ARCHITECTURES, FUSIONS
 
 T = TypeVar("T")
 
@@ -227,14 +228,6 @@ def _positive(obj: object, *names: str) -> None:
             raise ConfigError(f"{section_name}.{name} must be positive, not {value}")
 
 
-TRAIN_ARCHITECTURES = (
-    "small_cnn",
-    "mobilenet",
-    "mobilenet_v2",
-    "efficientnet_b0",
-    "resnet50",
-    "inception_v3",
-)
 SPLITS = ("train", "validation", "test")
 AUGMENTATIONS = ("none", "light", "standard")
 
@@ -317,12 +310,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"train.{name} must be positive, not {value}")
-        if self.architecture not in TRAIN_ARCHITECTURES:
+        if self.architecture not in ARCHITECTURES:
             raise ConfigError(
-                f"--architecture {self.architecture!r} is not one of "
-                f"{', '.join(TRAIN_ARCHITECTURES)}"
+                f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
-        if self.fusion not in ("none", "gray+rgb"):
+        if self.fusion not in FUSIONS:
             raise ConfigError(f"--fusion must be none or gray+rgb, not {self.fusion!r}")
         if self.color_mode not in (None, "rgb", "grayscale"):
             raise ConfigError(f"--color-mode must be rgb or grayscale, not {self.color_mode!r}")

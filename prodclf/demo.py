@@ -187,7 +187,8 @@ def build_store(layout: Layout, opts: DemoOptions, data: Dataset) -> dict[str, A
 # --- stage 2: the base libraries --------------------------------------------------------
 
 
-def _write_parquet(folder: Path, columns: dict[str, list[str]]) -> None:
+def write_parquet(folder: Path, columns: dict[str, list[str]]) -> None:
+    """A one-file library of string columns, replacing ``folder``."""
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
@@ -208,7 +209,7 @@ def build_libraries(
     uri = layout.images.resolve().as_uri()
 
     train_labels = data.train[1][: opts.train_limit]
-    _write_parquet(
+    write_parquet(
         layout.training,
         {
             "product_id": [f"fm-train-{i:05d}" for i in range(opts.train_limit)],
@@ -220,7 +221,7 @@ def build_libraries(
 
     test_labels = data.test[1][: opts.catalog_size]
     ids = [f"sku-{i:05d}" for i in range(opts.catalog_size)]
-    _write_parquet(
+    write_parquet(
         layout.catalog,
         {
             "product_id": [*ids, CORRUPT_ID, MISSING_ID],
@@ -230,7 +231,7 @@ def build_libraries(
             + [f"{uri}/catalog/corrupt.png", f"{uri}/catalog/missing.png"],
         },
     )
-    _write_parquet(
+    write_parquet(
         layout.truth,
         {
             "product_id": ids,
@@ -279,8 +280,7 @@ def train_model(
         noise=False,
         model_name=MODEL_NAME,
     )
-    preflight(cfg)
-    meta = run_train(cfg, spark)
+    meta = run_train(cfg, spark, preflight(cfg))
     mark_done(layout.model_marker, params)
     return meta, True
 

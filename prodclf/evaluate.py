@@ -25,11 +25,11 @@ from prodclf.bundle import BundleMeta, read_meta
 from prodclf.config import EvaluateConfig
 from prodclf.errors import ConfigError, InputError
 from prodclf.inference import tag_images_udf
-from prodclf.schemas import STATUS_OK
+from prodclf.schemas import STATUS_OK, check_columns
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import is_same_or_inside, normalize_location, parse_uri
 from prodclf.tagging import RunInfo, classify, plan_partitions, select_products, to_commodity_rows
-from prodclf.train_data import SPLIT_ALIASES, read_labels_table
+from prodclf.train_data import SPLIT_ALIASES
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +54,10 @@ def preflight(cfg: EvaluateConfig) -> BundleMeta | None:
 
 def labelled(spark: SparkSession, cfg: EvaluateConfig) -> DataFrame:
     """``product_id, label`` (plus ``image_uri`` when the table has it) for the chosen split."""
-    df = read_labels_table(spark, cfg.labels, cfg.storage.spark_s3_scheme)
+    df = tables.read_dataset(spark, cfg.labels, "labels table", cfg.storage.spark_s3_scheme)
     need = ["product_id", cfg.label_column, *([cfg.split_column] if cfg.split_column else [])]
     if cfg.model:
         need.append("image_uri")
-    from prodclf.schemas import check_columns
-
     check_columns(df.schema, dict.fromkeys(need), f"labels table {cfg.labels}")
     if cfg.split_column:
         wanted = SPLIT_ALIASES[cfg.split.lower()]

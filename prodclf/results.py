@@ -16,22 +16,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import json
 import logging
 import platform
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
-
 from prodclf import fashion_mnist
+from prodclf.demo import png, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +109,6 @@ VARIANTS = (
 # --- base libraries ----------------------------------------------------------------------
 
 
-def _write_parquet(folder: Path, columns: dict[str, list[str]]) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
-    pq.write_table(table, folder / "part-00000.parquet")
-
-
 def fashion_mnist_library(workdir: Path, data_dir: str) -> Path:
     """70,000 PNG objects and a base library with the official train/test split.
 
@@ -137,15 +125,13 @@ def fashion_mnist_library(workdir: Path, data_dir: str) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         for i, (img, y) in enumerate(zip(pixels, labels, strict=True)):
             path = folder / f"{i}.png"
-            buf = io.BytesIO()
-            Image.fromarray(img, mode="L").save(buf, format="PNG")
-            path.write_bytes(buf.getvalue())
+            path.write_bytes(png(img))
             cols["product_id"].append(f"fm-{part}-{i:05d}")
             cols["image_uri"].append(path.resolve().as_uri())
             cols["label"].append(fashion_mnist.CLASS_NAMES[int(y)])
             split = "test" if part == "test" else ("validation" if i % 10 == 0 else "train")
             cols["split"].append(split)
-    _write_parquet(library, cols)
+    write_parquet(library, cols)
     (library / "_DONE").write_text("ok")
     return library
 
@@ -175,7 +161,7 @@ def grocery_library(workdir: Path, root: Path = GROCERY) -> Path:
             cols["label"].append(coarse[int(coarse_id)])
             cols["fine_label"].append(fine[int(fine_id)])
             cols["split"].append(split)
-    _write_parquet(library, cols)
+    write_parquet(library, cols)
     return library
 
 

@@ -328,20 +328,20 @@ def predict_split(model: Any, conv: Any, plan_: Plan, cfg: TrainConfig) -> tuple
 
 
 def _weights_file(weights: str, tmp: Path) -> str:
-    """A local path Keras can load: object-store weights are downloaded first."""
-    if weights in ("none", "imagenet"):
+    """Object-store weights are downloaded first; the rest goes to ``models`` as given."""
+    if weights in ("none", "imagenet") or not normalize_location(weights).startswith("s3://"):
         return weights
-    ref = parse_uri(normalize_location(weights))
-    if ref.scheme == "file":
-        return str(objects.local_path(weights))
-    local = tmp / Path(ref.key).name
+    local = tmp / Path(parse_uri(normalize_location(weights)).key).name
     local.write_bytes(objects.read_bytes(weights))
     return str(local)
 
 
-def run_train(cfg: TrainConfig, spark: SparkSession) -> BundleMeta:
-    """Train on ``cfg.base_library`` and export the bundle (with its report) to ``model_out``."""
-    plan_ = preflight(cfg)
+def run_train(cfg: TrainConfig, spark: SparkSession, plan_: Plan | None = None) -> BundleMeta:
+    """Train on ``cfg.base_library`` and export the bundle (with its report) to ``model_out``.
+
+    ``plan_`` is what ``preflight`` returned, when the caller ran it already.
+    """
+    plan_ = plan_ or preflight(cfg)
     t0 = time.perf_counter()
     prepared: Prepared = prepare(spark, cfg, plan_.spec)
     try:

@@ -34,7 +34,6 @@ from prodclf.imaging import PreprocessSpec
 from prodclf.inference import prepare_batch
 from prodclf.schemas import check_columns
 from prodclf.storage import tables
-from prodclf.storage.uris import spark_location
 
 log = logging.getLogger(__name__)
 
@@ -78,32 +77,18 @@ def read_labelled(spark: SparkSession, cfg: TrainConfig) -> DataFrame:
     if cfg.labels is None:
         base = tables.read_base_library(spark, cfg.base_library, s3, extra=(cfg.label_column,))
         cols = ["product_id", "image_uri", cfg.label_column, *split]
-        _require(base, split, f"base library {cfg.base_library}")
+        check_columns(base.schema, dict.fromkeys(split), f"base library {cfg.base_library}")
         return base.select(*cols).withColumnRenamed(cfg.label_column, "label")
     base = tables.read_base_library(spark, cfg.base_library, s3)
-    labels = read_labels_table(spark, cfg.labels, s3)
-    _require(labels, ("product_id", cfg.label_column, *split), f"labels table {cfg.labels}")
+    labels = tables.read_dataset(spark, cfg.labels, "labels table", s3)
+    required = dict.fromkeys(("product_id", cfg.label_column, *split))
+    check_columns(labels.schema, required, f"labels table {cfg.labels}")
     # One label per product: the smallest, so duplicates in the labels table stay deterministic.
     per_product = labels.groupBy("product_id").agg(
         F.min(cfg.label_column).alias("label"),
         *[F.min(c).alias(c) for c in split],
     )
     return base.select("product_id", "image_uri").join(per_product, "product_id", "left")
-
-
-def read_labels_table(spark: SparkSession, location: str, s3_scheme: str) -> DataFrame:
-    tables.require_dataset(location, "labels table")
-    try:
-        return spark.read.parquet(spark_location(location, s3_scheme))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"labels table {location}: not a readable Parquet dataset ({first})"
-        ) from None
-
-
-def _require(df: DataFrame, columns: tuple[str, ...], where: str) -> None:
-    check_columns(df.schema, dict.fromkeys(columns), where)
 
 
 @dataclass(frozen=True)

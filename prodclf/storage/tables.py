@@ -44,18 +44,23 @@ def refuse_overlap(base: str, out: str, out_flag: str) -> None:
         raise ConfigError(f"--base-library {base} is inside {out_flag} {out}")
 
 
+def read_dataset(
+    spark: SparkSession, location: str, what: str, s3_scheme: str = "s3a"
+) -> DataFrame:
+    """An input Parquet dataset (read-only); a missing or unreadable one is an InputError."""
+    require_dataset(location, what)
+    try:
+        return spark.read.parquet(spark_location(location, s3_scheme))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{what} {location}: not a readable Parquet dataset ({first})") from None
+
+
 def read_base_library(
     spark: SparkSession, location: str, s3_scheme: str = "s3a", extra: tuple[str, ...] = ()
 ) -> DataFrame:
     """The base library, checked for the contract columns. Read-only, always."""
-    require_dataset(location, "base library")
-    try:
-        df = spark.read.parquet(spark_location(location, s3_scheme))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(
-            f"base library {location}: not a readable Parquet dataset ({first})"
-        ) from None
+    df = read_dataset(spark, location, "base library", s3_scheme)
     required: dict[str, DataType | None] = {**BASE_LIBRARY_REQUIRED, **dict.fromkeys(extra)}
     check_columns(df.schema, required, f"base library {location}")
     return df
