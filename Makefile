@@ -44,16 +44,16 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check prodclf jobs tests
-	$(BIN)/ruff format --check prodclf jobs tests
+	$(BIN)/ruff check prodclf jobs tests benchmarks
+	$(BIN)/ruff format --check prodclf jobs tests benchmarks
 	$(BIN)/mypy
 
 bench: setup
-	$(BIN)/python -m prodclf.bench $(BENCH_ARGS)
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 # The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
 results: setup fashion-mnist
-	$(BIN)/python -m prodclf.results --workdir results-workdir --out docs/results.md $(RESULTS_ARGS)
+	$(BIN)/python benchmarks/results.py --workdir results-workdir --out docs/results.md $(RESULTS_ARGS)
 
 clean:
 	rm -rf $(WORKDIR) bench-workdir results-workdir .pytest_cache .mypy_cache .ruff_cache spark-warehouse

@@ -1,39 +1,32 @@
-"""The ``prodclf`` command: argument parsing and nothing else.
+"""The ``prodclf`` command: argument parsing, then one job function.
 
-Each subcommand builds its configuration (defaults < ``--config`` YAML < flags), runs
-every check that needs no Spark, and only then creates the SparkSession and calls one
-library function. A refusal prints one line, ``prodclf: error: ...``, and exits 2.
+Each subcommand's flags are named like the configuration fields they set; the job's
+configuration builds itself from them and ``--config`` (``JobConfig.from_sources``).
+Then the job's preflight runs every check that needs no Spark, and only then is the
+SparkSession created and the job run on it. A refusal prints one line,
+``prodclf: error: ...``, and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timezone
 from typing import Any
 
 from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
     EvaluateConfig,
-    InferenceConfig,
-    SparkConfig,
-    StorageConfig,
+    JobConfig,
     TagConfig,
     TrainConfig,
-    coerce_field,
-    default_run_id,
     load_yaml,
-    parse_run_date,
-    section,
-    with_overrides,
 )
-from prodclf.errors import ConfigError, ProdclfError
-from prodclf.models import ARCHITECTURES, FUSIONS
+from prodclf.errors import ProdclfError
+from prodclf.model.catalog import ARCHITECTURES, FUSIONS
 
 EXIT_REFUSED = 2
 
@@ -42,6 +35,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # argparse's own messages, as one line and the same exit code as our refusals.
         self.exit(EXIT_REFUSED, f"{self.prog}: error: {message}\n")
+
+
+class _Square(argparse.Action):
+    """``--image-size N`` sets both ``image_height`` and ``image_width``."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option: Any = None) -> None:
+        namespace.image_height = namespace.image_width = values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", metavar="W", help="none (default), imagenet, or a backbone weights file"
     )
     train.add_argument("--alpha", type=float, metavar="A", help="MobileNet width multiplier")
-    train.add_argument("--image-size", type=int, metavar="PX", help="square input size")
+    train.add_argument(
+        "--image-size", type=int, metavar="PX", action=_Square, help="square input size"
+    )
     train.add_argument("--color-mode", choices=("rgb", "grayscale"))
     train.add_argument(
         "--trainable-fraction",
@@ -249,182 +251,69 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file with storage/inference/spark")
 
 
-def _sections(args: argparse.Namespace) -> tuple[dict[str, Any], StorageConfig, SparkConfig]:
-    data = load_yaml(args.config)
-    unknown = sorted(set(data) - {"storage", "inference", "spark", "train"})
-    if unknown:
-        raise ConfigError(f"--config {args.config}: unknown section(s) {', '.join(unknown)}")
-    storage = section(StorageConfig, data.get("storage"), "storage")
-    spark = with_overrides(section(SparkConfig, data.get("spark"), "spark"), master=args.master)
-    return data, storage, spark
+CONFIGS: dict[str, type[JobConfig]] = {
+    "tag": TagConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+}
 
 
-def tag_config(args: argparse.Namespace) -> TagConfig:
-    data, storage, spark = _sections(args)
-    storage = with_overrides(storage, fetch_concurrency=args.fetch_concurrency)
-    inference = with_overrides(
-        section(InferenceConfig, data.get("inference"), "inference"),
-        top_k=args.top_k,
-        review_threshold=args.review_threshold,
-        model_batch_size=args.model_batch_size,
-    )
-    run_date = parse_run_date(args.run_date)
-    run_id = args.run_id or default_run_id(
-        run_date, datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    )
-    cfg = TagConfig(
-        base_library=args.base_library,
-        commodity_library=args.commodity_library,
-        model=args.model,
-        run_date=run_date,
-        run_id=run_id,
-        storage=storage,
-        inference=inference,
-        spark=spark
-        if spark.app_name != "prodclf"
-        else with_overrides(spark, app_name=f"prodclf-tag-{run_id}"),
-    )
-    cfg.validate()
-    return cfg
+def build_config(args: argparse.Namespace) -> Any:
+    """The command's configuration: defaults < ``--config`` YAML < the flags given."""
+    return CONFIGS[args.command].from_sources(load_yaml(args.config), vars(args))
 
 
-def train_config(args: argparse.Namespace) -> TrainConfig:
-    data, storage, spark = _sections(args)
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    yaml_train = dict(data.get("train") or {})
-    unknown = sorted(set(yaml_train) - (set(fields) - {"storage", "spark"}))
-    if unknown:
-        raise ConfigError(f"config section 'train': unknown key(s) {', '.join(unknown)}")
-    typed = {k: coerce_field(fields[k], v, f"train.{k}") for k, v in yaml_train.items()}
-    cfg = TrainConfig(
-        base_library=args.base_library,
-        model_out=args.model_out,
-        storage=storage,
-        spark=with_overrides(spark, app_name="prodclf-train"),
-        **{k: v for k, v in typed.items() if k not in ("base_library", "model_out")},
-    )
-    flags = {
-        name: getattr(args, name)
-        for name in (
-            "labels",
-            "label_column",
-            "split_column",
-            "label_map",
-            "taxonomy",
-            "architecture",
-            "weights",
-            "alpha",
-            "color_mode",
-            "trainable_fraction",
-            "head_epochs",
-            "dropout",
-            "fusion",
-            "augmentation",
-            "noise",
-            "epochs",
-            "batch_size",
-            "learning_rate",
-            "fine_tune_learning_rate",
-            "lr_patience",
-            "min_learning_rate",
-            "class_weights",
-            "validation_fraction",
-            "test_fraction",
-            "early_stopping_patience",
-            "limit",
-            "seed",
-            "cache_dir",
-            "checkpoint_dir",
-            "model_name",
-            "model_version",
-        )
-    }
-    cfg = with_overrides(cfg, image_height=args.image_size, image_width=args.image_size, **flags)
-    cfg.validate()
-    return cfg
+def _run(cfg: JobConfig, preflight: Any, run: Any, arrow_batch_size: int = 256) -> Any:
+    """preflight (no Spark) -> the one SparkSession -> the job, given the preflight result."""
+    from prodclf.session import create_session
+
+    checked = preflight(cfg)
+    spark = create_session(cfg.spark, arrow_batch_size)  # type: ignore[attr-defined]
+    return run(cfg, spark, checked)
 
 
-def evaluate_config(args: argparse.Namespace) -> EvaluateConfig:
-    data, storage, spark = _sections(args)
-    inference = section(InferenceConfig, data.get("inference"), "inference")
-    cfg = EvaluateConfig(
-        labels=args.labels,
-        out=args.out,
-        storage=storage,
-        inference=inference,
-        spark=with_overrides(spark, app_name="prodclf-evaluate"),
-    )
-    cfg = with_overrides(
-        cfg,
-        label_column=args.label_column,
-        model=args.model,
-        commodity_library=args.commodity_library,
-        run_date=parse_run_date(args.run_date) if args.run_date else None,
-        run_id=args.run_id,
-        split_column=args.split_column,
-        split=args.split,
-        target_precision=args.target_precision,
-    )
-    cfg.validate()
-    return cfg
+def _print(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from prodclf.session import create_session
-    from prodclf.tag import preflight, run_tag
+    from prodclf.tagging.job import run_tag, tag_preflight
 
-    cfg = tag_config(args)
-    meta = preflight(cfg)
-    spark = create_session(cfg.spark, cfg.inference.arrow_batch_size)
-    manifest = run_tag(cfg, spark, meta)
-    print(json.dumps(manifest, indent=2, sort_keys=True))
+    cfg: TagConfig = build_config(args)
+    _print(_run(cfg, tag_preflight, run_tag, cfg.inference.arrow_batch_size))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prodclf.session import create_session
-    from prodclf.train import preflight as train_preflight
-    from prodclf.train import run_train
+    from prodclf.training.job import run_train, train_preflight
 
-    cfg = train_config(args)
-    plan = train_preflight(cfg)
-    spark = create_session(cfg.spark)
-    meta = run_train(cfg, spark, plan)
-    print(
-        json.dumps(
-            {
-                "model_out": cfg.model_out,
-                "model_name": meta.model_name,
-                "model_version": meta.model_version,
-                "metrics": meta.metrics,
-            },
-            indent=2,
-            sort_keys=True,
-        )
+    cfg: TrainConfig = build_config(args)
+    meta = _run(cfg, train_preflight, run_train)
+    _print(
+        {
+            "model_out": cfg.model_out,
+            "model_name": meta.model_name,
+            "model_version": meta.model_version,
+            "metrics": meta.metrics,
+        }
     )
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from prodclf.evaluate import preflight as evaluate_preflight
-    from prodclf.evaluate import run_evaluate
-    from prodclf.session import create_session
+    from prodclf.evaluation.job import evaluate_preflight, run_evaluate
 
-    cfg = evaluate_config(args)
-    meta = evaluate_preflight(cfg)
-    spark = create_session(cfg.spark, cfg.inference.arrow_batch_size)
-    result = run_evaluate(cfg, spark, meta)
-    headline = {
-        k: result[k]
-        for k in ("accuracy", "top_k_accuracy", "macro_f1", "expected_calibration_error")
-    }
-    summary = {
-        **headline,
-        "review_threshold": result["review_threshold"],
-        "coverage": result["coverage"],
-        "out": cfg.out,
-    }
-    print(json.dumps(summary, indent=2, sort_keys=True))
+    cfg: EvaluateConfig = build_config(args)
+    result = _run(cfg, evaluate_preflight, run_evaluate, cfg.inference.arrow_batch_size)
+    keys = ("accuracy", "top_k_accuracy", "macro_f1", "expected_calibration_error")
+    _print(
+        {
+            **{k: result[k] for k in keys},
+            "review_threshold": result["review_threshold"],
+            "coverage": result["coverage"],
+            "out": cfg.out,
+        }
+    )
     return 0
 
 

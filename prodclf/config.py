@@ -1,9 +1,10 @@
 """The one configuration object, built from an optional YAML file and CLI flags.
 
 Every setting lives in a frozen dataclass, so a job's configuration is a value: it is
-built once on the driver, validated there, and passed explicitly to everything that
-needs it (including, pickled, to the workers: it is small and has no handles in it).
-Precedence: defaults < YAML file < command-line flags.
+built once on the driver, validated as it is constructed (``__post_init__``), and passed
+explicitly to everything that needs it (including, pickled, to the workers: it is small
+and has no handles in it). A job's configuration builds itself from both sources with
+``from_sources``: defaults < YAML file < any non-None flag named like a field.
 """
 
 from __future__ import annotations
@@ -12,22 +13,33 @@ import dataclasses
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from prodclf.errors import ConfigError
-from prodclf.models import ARCHITECTURES, FUSIONS
+from prodclf.model.catalog import ARCHITECTURES, FUSIONS
 
 T = TypeVar("T")
+J = TypeVar("J", bound="JobConfig")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
+class Validated:
+    """A config dataclass that checks itself once, when it is constructed (or replaced)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ConfigError`` naming the first bad value."""
+
+
 @dataclass(frozen=True)
-class StorageConfig:
+class StorageConfig(Validated):
     """How image objects are fetched, and the guards around it."""
 
     allowed_schemes: tuple[str, ...] = ("s3", "file")
@@ -59,7 +71,7 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(Validated):
     """Batching and tagging policy on the workers."""
 
     # Rows per Arrow batch handed to the UDF (spark.sql.execution.arrow.maxRecordsPerBatch).
@@ -83,7 +95,7 @@ class InferenceConfig:
 
 
 @dataclass(frozen=True)
-class SparkConfig:
+class SparkConfig(Validated):
     """Where the session runs. ``master=None`` leaves it to spark-submit (or local[*])."""
 
     master: str | None = None
@@ -92,20 +104,97 @@ class SparkConfig:
     # Extra Spark properties, applied last.
     conf: tuple[tuple[str, str], ...] = ()
 
+    def validate(self) -> None:
+        if self.shuffle_partitions is not None:
+            _positive(self, "shuffle_partitions")
+
+
+#: The YAML sections shared by the jobs, and the dataclass each one builds.
+SECTIONS: dict[str, type[Validated]] = {
+    "storage": StorageConfig,
+    "inference": InferenceConfig,
+    "spark": SparkConfig,
+}
+
+
+class JobConfig(Validated):
+    """A job's whole configuration: its own fields plus the shared sections it uses.
+
+    ``own_section`` names the YAML section holding the job's own fields (``train``), if
+    any; ``command`` names the job in the Spark application name.
+    """
+
+    own_section: ClassVar[str | None] = None
+    command: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        spark = getattr(self, "spark", None)
+        if isinstance(spark, SparkConfig) and spark.app_name == SparkConfig.app_name:
+            object.__setattr__(self, "spark", replace(spark, app_name=self.app_name()))
+        super().__post_init__()
+
+    def app_name(self) -> str:
+        return f"prodclf-{self.command}"
+
+    @classmethod
+    def from_sources(cls: type[J], data: Mapping[str, Any], flags: Mapping[str, Any]) -> J:
+        """Defaults < the YAML mapping ``data`` < every non-None flag named like a field.
+
+        A flag applies to the job's own field of that name and to the same-named field of
+        every section (``master`` -> ``spark.master``, ``top_k`` -> ``inference.top_k``).
+        Unknown YAML sections and keys are refused by name; values are type-checked.
+        """
+        given = {k: v for k, v in flags.items() if v is not None}
+        own_fields = {f.name: f for f in fields(cls) if f.name not in SECTIONS}  # type: ignore[arg-type]
+        sections = [f.name for f in fields(cls) if f.name in SECTIONS]  # type: ignore[arg-type]
+        known = [*sections, *([cls.own_section] if cls.own_section else [])]
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"configuration: unknown section(s) {', '.join(unknown)} "
+                f"(known for this command: {', '.join(known)})"
+            )
+        kwargs: dict[str, Any] = {
+            name: section(SECTIONS[name], data.get(name), name, given) for name in sections
+        }
+        own = dict(data.get(cls.own_section) or {}) if cls.own_section else {}
+        unknown = sorted(set(own) - set(own_fields))
+        if unknown:
+            raise ConfigError(
+                f"config section {cls.own_section!r}: unknown key(s) {', '.join(unknown)}"
+            )
+        for name, f in own_fields.items():
+            if name in given:
+                kwargs[name] = coerce_field(f, given[name], "--" + name.replace("_", "-"))
+            elif name in own:
+                kwargs[name] = coerce_field(f, own[name], f"{cls.own_section}.{name}")
+        return cls(**kwargs)
+
 
 @dataclass(frozen=True)
-class TagConfig:
-    """Everything ``prodclf tag`` needs."""
+class TagConfig(JobConfig):
+    """Everything ``prodclf tag`` needs. ``run_id`` defaults to ``<run_date>-<UTC time>``."""
+
+    command: ClassVar[str] = "tag"
 
     base_library: str
     commodity_library: str
     model: str
     run_date: date
-    run_id: str
+    run_id: str = ""
     mode: str = "full"
     storage: StorageConfig = field(default_factory=StorageConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+            object.__setattr__(self, "run_id", default_run_id(self.run_date, now))
+        super().__post_init__()
+
+    def app_name(self) -> str:
+        return f"prodclf-tag-{self.run_id}"
 
     def validate(self) -> None:
         for name in ("base_library", "commodity_library", "model"):
@@ -117,8 +206,6 @@ class TagConfig:
             )
         if self.mode not in ("full",):
             raise ConfigError(f"mode {self.mode!r} is not supported (supported: full)")
-        self.storage.validate()
-        self.inference.validate()
 
 
 def parse_run_date(text: str) -> date:
@@ -153,8 +240,13 @@ def load_yaml(path: str | None) -> dict[str, Any]:
     return data
 
 
-def section(cls: type[T], data: Mapping[str, Any] | None, name: str) -> T:
-    """Build a config section dataclass from a YAML mapping, refusing unknown keys."""
+def section(
+    cls: type[T],
+    data: Mapping[str, Any] | None,
+    name: str,
+    flags: Mapping[str, Any] | None = None,
+) -> T:
+    """A config section from a YAML mapping (unknown keys refused), then ``flags`` by name."""
     data = dict(data or {})
     known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(known))
@@ -166,6 +258,9 @@ def section(cls: type[T], data: Mapping[str, Any] | None, name: str) -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         kwargs[key] = coerce_field(known[key], value, f"{name}.{key}")
+    for key, value in (flags or {}).items():
+        if key in known and value is not None:
+            kwargs[key] = coerce_field(known[key], value, "--" + key.replace("_", "-"))
     return cls(**kwargs)
 
 
@@ -178,6 +273,8 @@ def coerce_field(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
             return None
         raise ConfigError(f"{where}: a value is required, found null")
     base = annotation.removesuffix("|None")
+    if base == "date":
+        return value if isinstance(value, date) else parse_run_date(value)
     samples: dict[str, Any] = {"int": 0, "float": 0.0, "bool": False, "str": ""}
     if base in samples:
         if base == "str":
@@ -190,12 +287,6 @@ def coerce_field(f: dataclasses.Field[Any], value: Any, where: str) -> Any:
     if f.default is not dataclasses.MISSING:
         return _coerce(value, f.default, where)
     return value
-
-
-def with_overrides(obj: T, **overrides: Any) -> T:
-    """Apply command-line flags that were actually given (None means not given)."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    return replace(obj, **given) if given else obj  # type: ignore[type-var]
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
@@ -229,16 +320,31 @@ def _positive(obj: object, *names: str) -> None:
 
 
 SPLITS = ("train", "validation", "test")
+TRAIN, VALIDATION, TEST = SPLITS
+#: Split values accepted in a split column, and what they mean.
+SPLIT_ALIASES = {
+    "train": TRAIN,
+    "training": TRAIN,
+    "val": VALIDATION,
+    "valid": VALIDATION,
+    "validation": VALIDATION,
+    "dev": VALIDATION,
+    "test": TEST,
+    "testing": TEST,
+}
 AUGMENTATIONS = ("none", "light", "standard")
 
 
 @dataclass(frozen=True)
-class TrainConfig:
-    """Everything ``prodclf train`` needs.
+class TrainConfig(JobConfig):
+    """Everything ``prodclf train`` needs; its own keys live in the YAML section ``train``.
 
     ``image_height``/``image_width``/``color_mode``/``scale`` left as None take the
-    architecture's defaults (see ``prodclf.models.architecture_info``).
+    architecture's defaults (see ``prodclf.model.catalog.architecture_info``).
     """
+
+    own_section: ClassVar[str | None] = "train"
+    command: ClassVar[str] = "train"
 
     base_library: str
     model_out: str
@@ -355,7 +461,6 @@ class TrainConfig:
                 raise ConfigError(
                     "--validation-fraction plus --test-fraction must leave images to train on"
                 )
-        self.storage.validate()
 
 
 def _fraction(obj: object, name: str, *, closed: bool) -> None:
@@ -368,12 +473,14 @@ def _fraction(obj: object, name: str, *, closed: bool) -> None:
 
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(JobConfig):
     """Everything ``prodclf evaluate`` needs.
 
     Either ``model`` (classify the labelled products now, with the tagging job's code) or
     ``commodity_library`` + ``run_date`` (score the tags a run already wrote).
     """
+
+    command: ClassVar[str] = "evaluate"
 
     labels: str
     out: str
@@ -402,5 +509,3 @@ class EvaluateConfig:
             raise ConfigError(
                 f"--target-precision must be within (0, 1], not {self.target_precision}"
             )
-        self.storage.validate()
-        self.inference.validate()

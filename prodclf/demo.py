@@ -21,7 +21,6 @@ built with other parameters) is rebuilt rather than mistaken for complete.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import shutil
@@ -34,15 +33,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from PIL import Image
 
 from prodclf import fashion_mnist
-from prodclf.bundle import BundleMeta, read_meta
 from prodclf.config import SparkConfig, TagConfig, TrainConfig, default_run_id
 from prodclf.errors import ModelBundleError
+from prodclf.images import encode_png
+from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.storage import objects
+from prodclf.storage.tables import write_string_table
 
 log = logging.getLogger(__name__)
 
@@ -142,12 +140,6 @@ def mark_done(marker: Path, params: dict[str, Any]) -> None:
 # --- stage 1: the object store ----------------------------------------------------------
 
 
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def build_store(layout: Layout, opts: DemoOptions, data: Dataset) -> dict[str, Any]:
     """PNG objects for the training images and the catalog, plus one corrupt object."""
     params = {
@@ -170,9 +162,9 @@ def build_store(layout: Layout, opts: DemoOptions, data: Dataset) -> dict[str, A
         folder = layout.images / name
         folder.mkdir(parents=True)
         for i in range(n):
-            (folder / f"{i}.png").write_bytes(png(images[i]))
+            (folder / f"{i}.png").write_bytes(encode_png(images[i]))
     # A truncated PNG: the tagging job must report it as undecodable_image, not crash.
-    whole = png(data.test[0][0])
+    whole = encode_png(data.test[0][0])
     (layout.images / "catalog" / "corrupt.png").write_bytes(whole[: len(whole) // 2])
     mark_done(marker, params)
     log.info(
@@ -185,14 +177,6 @@ def build_store(layout: Layout, opts: DemoOptions, data: Dataset) -> dict[str, A
 
 
 # --- stage 2: the base libraries --------------------------------------------------------
-
-
-def write_parquet(folder: Path, columns: dict[str, list[str]]) -> None:
-    """A one-file library of string columns, replacing ``folder``."""
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
-    pq.write_table(table, folder / "part-00000.parquet", compression="zstd")
 
 
 def build_libraries(
@@ -209,7 +193,7 @@ def build_libraries(
     uri = layout.images.resolve().as_uri()
 
     train_labels = data.train[1][: opts.train_limit]
-    write_parquet(
+    write_string_table(
         layout.training,
         {
             "product_id": [f"fm-train-{i:05d}" for i in range(opts.train_limit)],
@@ -221,7 +205,7 @@ def build_libraries(
 
     test_labels = data.test[1][: opts.catalog_size]
     ids = [f"sku-{i:05d}" for i in range(opts.catalog_size)]
-    write_parquet(
+    write_string_table(
         layout.catalog,
         {
             "product_id": [*ids, CORRUPT_ID, MISSING_ID],
@@ -231,7 +215,7 @@ def build_libraries(
             + [f"{uri}/catalog/corrupt.png", f"{uri}/catalog/missing.png"],
         },
     )
-    write_parquet(
+    write_string_table(
         layout.truth,
         {
             "product_id": ids,
@@ -251,7 +235,7 @@ def train_model(
     layout: Layout, opts: DemoOptions, spark: Any, libraries: dict[str, Any]
 ) -> tuple[BundleMeta, bool]:
     """The bundle: reused when its marker matches, else trained. Returns (meta, trained)."""
-    from prodclf.train import preflight, run_train
+    from prodclf.training.job import run_train, train_preflight
 
     label_map = dict(fashion_mnist.TAXONOMY_IDS)
     objects.write_bytes(str(layout.label_map), json.dumps(label_map, indent=2).encode())
@@ -280,7 +264,7 @@ def train_model(
         noise=False,
         model_name=MODEL_NAME,
     )
-    meta = run_train(cfg, spark, preflight(cfg))
+    meta = run_train(cfg, spark, train_preflight(cfg))
     mark_done(layout.model_marker, params)
     return meta, True
 
@@ -290,7 +274,7 @@ def train_model(
 
 def tag_catalog(layout: Layout, spark: Any, master: str | None) -> dict[str, Any]:
     """One tagging run over the catalog, for today's date (a rerun replaces the partition)."""
-    from prodclf.tag import preflight, run_tag
+    from prodclf.tagging.job import run_tag, tag_preflight
 
     now = datetime.now(timezone.utc)
     run_date = now.date()
@@ -302,11 +286,11 @@ def tag_catalog(layout: Layout, spark: Any, master: str | None) -> dict[str, Any
         run_id=default_run_id(run_date, now.strftime("%Y%m%dT%H%M%SZ")),
         spark=SparkConfig(master=master or "local[*]", app_name="prodclf-demo"),
     )
-    meta = preflight(cfg)
+    meta = tag_preflight(cfg)
     return run_tag(cfg, spark, meta)
 
 
-def score(layout: Layout, spark: Any, manifest: dict[str, Any]) -> dict[str, Any]:
+def demo_accuracy(layout: Layout, spark: Any, manifest: dict[str, Any]) -> dict[str, Any]:
     """Accuracy of this run's ok rows against the known labels (class and taxonomy id)."""
     from pyspark.sql import functions as F
 
@@ -421,7 +405,7 @@ def run_demo(opts: DemoOptions) -> int:
     try:
         meta, trained = train_model(layout, opts, spark, libraries)
         manifest = tag_catalog(layout, spark, opts.master)
-        scores = score(layout, spark, manifest)
+        scores = demo_accuracy(layout, spark, manifest)
     finally:
         if owned:
             spark.stop()

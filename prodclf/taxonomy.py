@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from prodclf.bundle import Label
 from prodclf.errors import ConfigError
+from prodclf.model.bundle import Label
 from prodclf.storage import objects
 
 SEPARATOR = " > "

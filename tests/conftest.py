@@ -7,6 +7,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -114,8 +115,8 @@ def color_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real SavedModel bundle that tells red from blue (exact weights, no training)."""
     import keras
 
-    from prodclf.bundle import BundleMeta, Label, export_bundle
-    from prodclf.imaging import PreprocessSpec
+    from prodclf.images import PreprocessSpec
+    from prodclf.model.bundle import BundleMeta, Label, export_bundle
 
     spec = PreprocessSpec(height=8, width=8, color_mode="rgb", scale="unit")
     inputs = keras.Input(shape=spec.shape)
@@ -137,3 +138,17 @@ def color_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     export_bundle(model, meta, str(dest))
     return dest
+
+
+def run_tag_job(cfg: Any, spark: Any) -> dict[str, Any]:
+    """The tag job as the CLI runs it: its preflight, then the run given the result."""
+    from prodclf.tagging.job import run_tag, tag_preflight
+
+    return run_tag(cfg, spark, tag_preflight(cfg))
+
+
+def run_train_job(cfg: Any, spark: Any) -> Any:
+    """The training job as the CLI runs it: its preflight, then the run given the result."""
+    from prodclf.training.job import run_train, train_preflight
+
+    return run_train(cfg, spark, train_preflight(cfg))

@@ -176,12 +176,12 @@ def test_console_script_is_installed() -> None:
 
 
 def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> None:
-    from prodclf.cli import build_parser, tag_config
+    from prodclf.cli import build_config, build_parser
 
     args = build_parser().parse_args(
         tag_args(layout, **{"--config": ROOT / "infra" / "config" / "nightly.yaml", "--top-k": 5})
     )
-    cfg = tag_config(args)
+    cfg = build_config(args)
     assert cfg.storage.allowed_buckets == ("catalog-images",)
     assert cfg.storage.allowed_schemes == ("s3",)
     assert cfg.inference.top_k == 5  # the flag wins over the file
@@ -194,13 +194,13 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     """infra/config/train-grocery.yaml is valid and every key in it takes effect."""
     import yaml
 
-    from prodclf.cli import build_parser, train_config
+    from prodclf.cli import build_config, build_parser
 
     example = Path(__file__).resolve().parents[1] / "infra" / "config" / "train-grocery.yaml"
     args = build_parser().parse_args(
         ["train", "--base-library", "/b", "--model-out", "/m", "--config", str(example)]
     )
-    cfg = train_config(args)
+    cfg = build_config(args)
     expected = yaml.safe_load(example.read_text())["train"]
     for key, value in expected.items():
         assert getattr(cfg, key) == value, key
@@ -208,7 +208,7 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     base = ["train", "--base-library", "/b", "--model-out", "/m", "--config", str(example)]
     flags = ["--epochs", "6", "--fusion", "gray+rgb", "--augmentation", "light", "--no-noise"]
     flagged = build_parser().parse_args([*base, *flags])
-    over = train_config(flagged)
+    over = build_config(flagged)
     assert (over.epochs, over.fusion, over.augmentation, over.noise) == (
         6,
         "gray+rgb",

@@ -19,7 +19,6 @@ from prodclf.config import (
     load_yaml,
     parse_run_date,
     section,
-    with_overrides,
 )
 from prodclf.errors import ConfigError
 
@@ -153,8 +152,6 @@ def tag_cfg(**changes: Any) -> TagConfig:
         ({"run_id": "../escape"}, "--run-id '../escape'"),
         ({"run_id": "x" * 129}, "--run-id"),
         ({"mode": "incremental"}, "mode 'incremental' is not supported"),
-        ({"storage": StorageConfig(max_attempts=0)}, "storage.max_attempts must be positive"),
-        ({"inference": InferenceConfig(top_k=0)}, "inference.top_k must be positive"),
     ],
 )
 def test_tag_config_validate_refusals(changes: dict, expected: str) -> None:
@@ -188,10 +185,54 @@ def test_train_config_validate_refusals() -> None:
         assert expected in str(info.value)
 
 
-def test_with_overrides_applies_only_given_flags() -> None:
-    base = InferenceConfig(top_k=5)
-    assert with_overrides(base, top_k=None, review_threshold=None) is base
-    assert with_overrides(base, top_k=2, review_threshold=None) == InferenceConfig(top_k=2)
+TAG_FLAGS = {
+    "base_library": "/b",
+    "commodity_library": "/c",
+    "model": "/m",
+    "run_date": "2024-05-01",
+    "run_id": "r1",
+    "command": "tag",  # not a field: ignored
+}
+
+
+def test_from_sources_precedence_defaults_yaml_flags() -> None:
+    data = {"inference": {"top_k": 5, "review_threshold": 0.7}, "spark": {"master": "local[1]"}}
+    flags = {**TAG_FLAGS, "top_k": 2, "review_threshold": None, "master": None}
+    cfg = TagConfig.from_sources(data, flags)
+    assert cfg.inference == InferenceConfig(top_k=2, review_threshold=0.7)  # flag > YAML
+    assert cfg.spark.master == "local[1]"  # a None flag was not given
+    assert cfg.run_date == date(2024, 5, 1)
+    assert cfg.spark.app_name == "prodclf-tag-r1"
+    assert cfg.storage == StorageConfig()
+
+
+def test_from_sources_refuses_unknown_sections_and_bad_flags() -> None:
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) train \(known"):
+        TagConfig.from_sources({"train": {"epochs": 1}}, TAG_FLAGS)
+    with pytest.raises(ConfigError, match=r"inference\.top_k must be positive"):
+        TagConfig.from_sources({}, {**TAG_FLAGS, "top_k": 0})
+    with pytest.raises(ConfigError, match="--run-date '2024-02-30' is not a date"):
+        TagConfig.from_sources({}, {**TAG_FLAGS, "run_date": "2024-02-30"})
+
+
+def test_train_config_reads_its_own_section_and_flags_win() -> None:
+    data = {"train": {"epochs": 7, "dropout": 0.1}, "storage": {"max_attempts": 2}}
+    flags = {"base_library": "/b", "model_out": "/m", "epochs": 3, "noise": None}
+    cfg = TrainConfig.from_sources(data, flags)
+    assert (cfg.epochs, cfg.dropout, cfg.noise, cfg.storage.max_attempts) == (3, 0.1, True, 2)
+    assert cfg.spark.app_name == "prodclf-train"
+    with pytest.raises(ConfigError, match=r"section 'train': unknown key\(s\) epoch\b"):
+        TrainConfig.from_sources({"train": {"epoch": 1}}, flags)
+
+
+def test_configs_are_validated_when_built() -> None:
+    """No config object exists unvalidated: construction and replace() both check."""
+    with pytest.raises(ConfigError, match=r"storage\.max_attempts must be positive"):
+        StorageConfig(max_attempts=0)
+    with pytest.raises(ConfigError, match=r"inference\.top_k must be positive"):
+        replace(InferenceConfig(), top_k=0)
+    cfg = TagConfig("/b", "/c", "/m", date(2024, 5, 1))
+    assert cfg.run_id.startswith("2024-05-01-")
 
 
 def test_load_yaml(tmp_path: Path) -> None:

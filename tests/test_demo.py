@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from prodclf.bundle import Label, read_meta
 from prodclf.demo import DemoOptions, Layout, is_done, mark_done, run_demo
+from prodclf.model.bundle import Label, read_meta
 
 
 def _idx(array: np.ndarray) -> bytes:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from prodclf import fashion_mnist
-from prodclf.bundle import Label
 from prodclf.errors import ConfigError
+from prodclf.model.bundle import Label
 from prodclf.taxonomy import (
     Category,
     Taxonomy,

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import date
+from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
@@ -98,3 +102,11 @@ def write_manifest(location: str, manifest: dict[str, Any]) -> str:
 def read_manifest(location: str, run_id: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(objects.read_bytes(manifest_uri(location, run_id)))
     return data
+
+
+def write_string_table(folder: Path, columns: dict[str, list[str]]) -> None:
+    """A one-file Parquet table of string columns, replacing ``folder`` (demo catalogs)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    table = pa.table({k: pa.array(v, pa.string()) for k, v in columns.items()})
+    pq.write_table(table, folder / "part-00000.parquet", compression="zstd")

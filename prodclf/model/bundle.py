@@ -1,0 +1,164 @@
+"""The model bundle: a SavedModel plus the metadata the tagging job needs to use it.
+
+Layout (a local directory or an ``s3://`` prefix)::
+
+    bundle.json        name, version, labels in output order (name, taxonomy id and path),
+                       preprocessing, metrics
+    saved_model/       tf.saved_model export with a ``serve`` endpoint (a graph: loading
+                       it runs no Python from the bundle; no pickles, no Lambda layers)
+
+Reading the metadata never imports TensorFlow, so the driver can validate a bundle
+before any Spark work starts.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prodclf.errors import ModelBundleError
+from prodclf.images import PreprocessSpec
+from prodclf.storage import objects
+
+FORMAT_VERSION = 1
+META_FILE = "bundle.json"
+SAVED_MODEL_DIR = "saved_model"
+OUTPUTS = ("probabilities", "logits")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One model output: the label name, its taxonomy id and (optionally) the id's path.
+
+    ``path`` is the taxonomy path text (``"Apparel & Accessories > Shoes"``) so the
+    tagging job can write it without reading the taxonomy; bundles written before it
+    existed load with ``path=""``.
+    """
+
+    name: str
+    id: str
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    model_name: str
+    model_version: str
+    labels: tuple[Label, ...]
+    preprocessing: PreprocessSpec
+    output: str = "probabilities"
+    endpoint: str = "serve"
+    metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    created_at: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str) -> BundleMeta:
+        def need(key: str) -> Any:
+            if key not in data:
+                raise ModelBundleError(f"model bundle {where}: {META_FILE} has no {key!r}")
+            return data[key]
+
+        try:
+            labels = tuple(_label(x) for x in need("labels"))
+            spec = PreprocessSpec(**need("preprocessing"))
+            spec.validate()
+            meta = cls(
+                model_name=str(need("model_name")),
+                model_version=str(need("model_version")),
+                labels=labels,
+                preprocessing=spec,
+                output=str(data.get("output", "probabilities")),
+                endpoint=str(data.get("endpoint", "serve")),
+                metrics=dict(data.get("metrics") or {}),
+                created_at=str(data.get("created_at", "")),
+                format_version=int(data.get("format_version", FORMAT_VERSION)),
+            )
+        except ModelBundleError:
+            raise
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelBundleError(f"model bundle {where}: invalid {META_FILE} ({exc})") from None
+        if meta.format_version > FORMAT_VERSION:
+            raise ModelBundleError(
+                f"model bundle {where}: format_version {meta.format_version} is newer than "
+                f"this prodclf understands ({FORMAT_VERSION})"
+            )
+        if len(labels) < 2:
+            raise ModelBundleError(f"model bundle {where}: needs at least 2 labels")
+        if len({lb.name for lb in labels}) != len(labels):
+            raise ModelBundleError(f"model bundle {where}: label names are not unique")
+        if meta.output not in OUTPUTS:
+            raise ModelBundleError(f"model bundle {where}: output must be one of {OUTPUTS}")
+        return meta
+
+
+def _label(entry: Any) -> Label:
+    if not isinstance(entry, dict):
+        raise TypeError(f"a label must be an object {{name, id, path}}, not {entry!r}")
+    path = entry.get("path") or ""
+    if not isinstance(path, str):
+        raise TypeError(f"label {entry.get('name')!r}: path must be a string")
+    return Label(name=str(entry["name"]), id=str(entry["id"]), path=path)
+
+
+def read_meta(uri: str) -> BundleMeta:
+    """Read and check a bundle's metadata and layout; a ``ModelBundleError`` says what is wrong."""
+    root = uri.rstrip("/")
+    try:
+        raw = objects.read_bytes(f"{root}/{META_FILE}")
+    except OSError as exc:
+        raise ModelBundleError(f"model bundle {uri}: cannot read {META_FILE} ({exc})") from None
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise ModelBundleError(f"model bundle {uri}: {META_FILE} is not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ModelBundleError(f"model bundle {uri}: {META_FILE} must hold a JSON object")
+    meta = BundleMeta.from_dict(data, uri)
+    try:
+        has_model = objects.exists(f"{root}/{SAVED_MODEL_DIR}/saved_model.pb")
+    except OSError as exc:
+        raise ModelBundleError(f"model bundle {uri}: cannot list it ({exc})") from None
+    if not has_model:
+        raise ModelBundleError(f"model bundle {uri}: no {SAVED_MODEL_DIR}/saved_model.pb")
+    return meta
+
+
+def export_bundle(
+    model: Any,
+    meta: BundleMeta,
+    dest_uri: str,
+    extra_files: dict[str, bytes] | None = None,
+) -> BundleMeta:
+    """Export a Keras model as a bundle at ``dest_uri`` (imports TensorFlow)."""
+    if not meta.created_at:
+        meta = BundleMeta(
+            **{
+                **asdict(meta),
+                "labels": meta.labels,
+                "preprocessing": meta.preprocessing,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            }
+        )
+    with tempfile.TemporaryDirectory(prefix="prodclf-bundle-") as tmp:
+        root = Path(tmp) / "bundle"
+        root.mkdir()
+        model.export(str(root / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+        (root / META_FILE).write_text(meta.to_json())
+        for name, data in (extra_files or {}).items():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / name).write_bytes(data)
+        objects.copy_tree_from_local(root, dest_uri)
+    return meta

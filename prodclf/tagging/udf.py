@@ -1,0 +1,156 @@
+"""Worker-side tagging, shaped like Spark's ``predict_batch_udf``.
+
+The UDF closure carries only the model URI and two small frozen configs; on the worker,
+``prodclf.model.runtime.get_predictor`` loads the model once per Python worker process.
+Nothing heavy is pickled on the driver, and importing this module does not import
+TensorFlow.
+
+Per Arrow batch: references are checked, objects are fetched and decoded concurrently in
+a thread pool (I/O releases the GIL, so does Pillow's decoder), the next batch is
+prepared while the model runs on the current one, and the model always sees fixed-size
+batches (the tail is padded) so its graph is traced once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from prodclf.config import InferenceConfig, StorageConfig
+from prodclf.errors import ErrorCode, RowError
+from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
+from prodclf.model.bundle import BundleMeta
+from prodclf.model.runtime import PredictFn, Predictor, get_predictor
+from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
+
+log = logging.getLogger(__name__)
+
+
+def predict_fixed_batches(predict: PredictFn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Run ``predict`` on slices of exactly ``batch_size`` rows, padding the last one."""
+    n = len(x)
+    outputs = []
+    for start in range(0, n, batch_size):
+        chunk = x[start : start + batch_size]
+        if len(chunk) < batch_size:
+            pad = np.zeros((batch_size - len(chunk), *x.shape[1:]), dtype=x.dtype)
+            chunk = np.concatenate([chunk, pad])
+        outputs.append(np.asarray(predict(chunk))[: min(batch_size, n - start)])
+    return np.concatenate(outputs)
+
+
+def finish_batch(
+    batch: PreparedBatch,
+    predict: PredictFn,
+    meta: BundleMeta,
+    inference: InferenceConfig,
+) -> pd.DataFrame:
+    """Predictions for the usable rows, error rows for the rest, in input order."""
+    n = batch.size
+    category: list[Any] = [None] * n
+    category_id: list[Any] = [None] * n
+    category_path: list[Any] = [None] * n
+    confidence = np.full(n, np.nan, dtype=np.float32)
+    top_cats: list[Any] = [None] * n
+    top_scores: list[Any] = [None] * n
+    status = [STATUS_ERROR] * n
+    codes: list[Any] = [None] * n
+    messages: list[Any] = [None] * n
+    errors = dict(batch.errors)
+
+    if len(batch.ok_rows):
+        try:
+            x = scale_pixels(batch.pixels, meta.preprocessing.scale)
+            probs = predict_fixed_batches(predict, x, inference.model_batch_size)
+            if meta.output == "logits":
+                probs = _softmax(probs)
+            _check_output(probs, len(batch.ok_rows), meta.num_classes)
+        except Exception as exc:
+            log.exception("inference failed on a batch of %d images", len(batch.ok_rows))
+            err = RowError(ErrorCode.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}"[:300])
+            errors.update({int(i): err for i in batch.ok_rows})
+        else:
+            k = min(inference.top_k, meta.num_classes)
+            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+            names = [lb.name for lb in meta.labels]
+            for row, p, idx in zip(batch.ok_rows.tolist(), probs, top, strict=True):
+                best = int(idx[0])
+                category[row] = names[best]
+                category_id[row] = meta.labels[best].id
+                category_path[row] = meta.labels[best].path or None
+                confidence[row] = p[best]
+                top_cats[row] = [names[int(j)] for j in idx]
+                top_scores[row] = [float(p[int(j)]) for j in idx]
+                status[row] = STATUS_OK
+
+    for row, err in errors.items():
+        codes[row] = err.code.value
+        messages[row] = err.message
+    return pd.DataFrame(
+        {
+            "category": category,
+            "category_id": category_id,
+            "category_path": category_path,
+            "confidence": confidence,
+            "top_k_categories": top_cats,
+            "top_k_scores": top_scores,
+            "status": status,
+            "error_code": codes,
+            "error_message": messages,
+        },
+        columns=PREDICTION.fieldNames(),
+    )
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    out: np.ndarray = e / e.sum(axis=1, keepdims=True)
+    return out
+
+
+def _check_output(probs: np.ndarray, rows: int, classes: int) -> None:
+    if probs.shape != (rows, classes):
+        raise ValueError(f"model returned shape {probs.shape}, expected ({rows}, {classes})")
+
+
+def tag_batches(
+    batches: Iterator[pd.Series],
+    predictor: Predictor,
+    storage: StorageConfig,
+    inference: InferenceConfig,
+) -> Iterator[pd.DataFrame]:
+    """Tag a stream of Arrow batches, preparing batch i+1 while the model runs on batch i."""
+    spec = predictor.meta.preprocessing
+    with (
+        ThreadPoolExecutor(storage.fetch_concurrency, "prodclf-fetch") as pool,
+        ThreadPoolExecutor(1, "prodclf-prefetch") as ahead,
+    ):
+        pending = None
+        for uris in batches:
+            nxt = ahead.submit(prepare_batch, uris, spec, storage, pool)
+            if pending is not None:
+                yield finish_batch(pending.result(), predictor.predict, predictor.meta, inference)
+            pending = nxt
+        if pending is not None:
+            yield finish_batch(pending.result(), predictor.predict, predictor.meta, inference)
+
+
+# --- the UDF ---------------------------------------------------------------------------
+
+
+def tag_images_udf(model_uri: str, storage: StorageConfig, inference: InferenceConfig) -> Any:
+    """A pandas iterator UDF: ``image_uri`` column -> ``PREDICTION`` struct column."""
+    from pyspark.sql.functions import pandas_udf
+
+    def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        predictor = get_predictor(model_uri, inference.use_gpu)
+        yield from tag_batches(uris, predictor, storage, inference)
+
+    # Non-deterministic so the optimizer never duplicates the call per struct field.
+    return pandas_udf(tag, PREDICTION).asNondeterministic()  # type: ignore[call-overload]

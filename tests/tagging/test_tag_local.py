@@ -1,0 +1,151 @@
+"""The tagging job end to end on local Spark with a local-directory object store."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from datetime import date
+from pathlib import Path
+
+import pytest
+from catalog import Catalog, build_catalog, tree_digest
+from conftest import run_tag_job
+from pyspark.sql import SparkSession
+from pyspark.sql import functions as F
+
+from prodclf.config import TagConfig
+from prodclf.schemas import COMMODITY_LIBRARY
+from prodclf.storage import tables
+
+pytestmark = pytest.mark.slow
+
+DAY1 = date(2026, 11, 20)
+DAY2 = date(2026, 11, 21)
+
+
+def config(cat: Catalog, out: Path, bundle: Path, day: date, run_id: str) -> TagConfig:
+    return TagConfig(
+        base_library=str(cat.base),
+        commodity_library=str(out),
+        model=str(bundle),
+        run_date=day,
+        run_id=run_id,
+    )
+
+
+def outcome(spark: SparkSession, out: Path, day: date) -> list[tuple[object, ...]]:
+    rows = tables.read_commodity_run(spark, str(out), day).select(
+        "product_id", "status", "error_code", "category"
+    )
+    return sorted(tuple(r) for r in rows.collect())
+
+
+def expected(cat: Catalog) -> list[tuple[object, ...]]:
+    return sorted((pid, *v) for pid, v in cat.expected.items())
+
+
+@pytest.fixture
+def catalog(tmp_path: Path) -> Catalog:
+    return build_catalog(tmp_path)
+
+
+def test_every_product_gets_exactly_one_row_with_its_tag(
+    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "commodity"
+    manifest = run_tag_job(config(catalog, out, color_bundle, DAY1, "r1"), spark)
+
+    assert outcome(spark, out, DAY1) == expected(catalog)
+    assert manifest["products_in"] == len(catalog.expected)
+    assert manifest["rows_written"] == len(catalog.expected)
+    assert manifest["ok"] == 12
+    assert manifest["errors"] == {"invalid_uri": 1, "not_found": 1, "undecodable_image": 1}
+    assert manifest["duplicate_product_rows"] == 1
+    assert manifest["model_name"] == "color" and manifest["model_version"] == "1"
+    assert tables.read_manifest(str(out), "r1") == {
+        k: v for k, v in manifest.items() if k != "manifest_uri"
+    }
+
+
+RED_PATH = "Colours > Red"
+
+
+@pytest.fixture
+def pathed_bundle(color_bundle: Path, tmp_path: Path) -> Path:
+    """The color bundle with a taxonomy path on "red" only ("blue" keeps none)."""
+    dest = tmp_path / "pathed-model"
+    shutil.copytree(color_bundle, dest)
+    meta = json.loads((dest / "bundle.json").read_text())
+    meta["labels"][0]["path"] = RED_PATH
+    (dest / "bundle.json").write_text(json.dumps(meta))
+    return dest
+
+
+def test_rows_follow_the_commodity_contract(
+    spark: SparkSession, catalog: Catalog, pathed_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "commodity"
+    run_tag_job(config(catalog, out, pathed_bundle, DAY1, "r1"), spark)
+    df = spark.read.parquet(str(out))
+    assert [(f.name, f.dataType) for f in df.schema.fields] == [
+        (f.name, f.dataType) for f in COMMODITY_LIBRARY.fields
+    ]
+    assert [p.name for p in out.iterdir() if p.name.startswith("run_date=")] == [
+        "run_date=2026-11-20"
+    ]
+    red = df.where(F.col("product_id") == "p001").first()
+    assert red is not None
+    assert red["category"] == "red" and red["category_id"] == "1001"
+    assert red["category_path"] == RED_PATH
+    blue = df.where((F.col("category") == "blue") & (F.col("status") == "ok")).first()
+    assert blue is not None and blue["category_path"] is None  # the label has no path
+    assert red["confidence"] > 0.99 and red["needs_review"] is False
+    assert [t["category"] for t in red["top_k"]] == ["red", "blue"]
+    assert red["top_k"][0]["score"] == pytest.approx(red["confidence"])
+    assert red["run_id"] == "r1" and red["error_code"] is None
+    bad = df.where(F.col("product_id") == "missing").first()
+    assert bad is not None
+    assert bad["confidence"] is None and bad["top_k"] is None and bad["needs_review"] is True
+    assert bad["category_path"] is None
+    assert "gone.png" in bad["error_message"]
+
+
+def test_base_library_and_images_are_byte_identical_after_a_run(
+    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
+) -> None:
+    before = tree_digest(catalog.base), tree_digest(catalog.images)
+    run_tag_job(config(catalog, tmp_path / "commodity", color_bundle, DAY1, "r1"), spark)
+    assert (tree_digest(catalog.base), tree_digest(catalog.images)) == before
+
+
+def test_rerun_replaces_only_its_own_partition(
+    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "commodity"
+    run_tag_job(config(catalog, out, color_bundle, DAY1, "day1"), spark)
+    run_tag_job(config(catalog, out, color_bundle, DAY2, "day2"), spark)
+    day1_files = tree_digest(out / "run_date=2026-11-20")
+    first = outcome(spark, out, DAY2)
+
+    run_tag_job(config(catalog, out, color_bundle, DAY2, "day2-rerun"), spark)
+
+    assert tree_digest(out / "run_date=2026-11-20") == day1_files
+    assert outcome(spark, out, DAY2) == first == expected(catalog)
+    run_ids = tables.read_commodity_run(spark, str(out), DAY2).select("run_id").distinct()
+    assert [r.run_id for r in run_ids.collect()] == ["day2-rerun"]
+    assert sorted(p.name for p in (out / "_runs").iterdir()) == [
+        "day1.json",
+        "day2-rerun.json",
+        "day2.json",
+    ]
+
+
+def test_same_input_and_model_give_the_same_tags(
+    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
+) -> None:
+    cols = ["product_id", "category", "category_id", "confidence", "top_k", "status", "error_code"]
+    run_tag_job(config(catalog, tmp_path / "a", color_bundle, DAY1, "a"), spark)
+    run_tag_job(config(catalog, tmp_path / "b", color_bundle, DAY1, "b"), spark)
+    a = tables.read_commodity_run(spark, str(tmp_path / "a"), DAY1).select(cols)
+    b = tables.read_commodity_run(spark, str(tmp_path / "b"), DAY1).select(cols)
+    assert sorted(a.collect()) == sorted(b.collect())

@@ -1,0 +1,382 @@
+"""Worker-side inference without Spark: batching, error rows, top-k, device selection."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import COLORS, jpeg_bytes, png_bytes
+
+from prodclf.config import InferenceConfig, StorageConfig
+from prodclf.errors import ErrorCode, RowError
+from prodclf.images import PreparedBatch, PreprocessSpec, prepare_batch
+from prodclf.model.bundle import BundleMeta, Label
+from prodclf.model.runtime import (
+    Predictor,
+    load_predictor,
+    materialize_bundle,
+    visible_devices_env,
+)
+from prodclf.schemas import PREDICTION
+from prodclf.storage import objects
+from prodclf.tagging.udf import finish_batch, predict_fixed_batches, tag_batches
+
+
+class RecordingPredict:
+    """A fake model: remembers the shape of every call."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self.shapes.append(x.shape)
+        return self.fn(x)
+
+
+# --- fixed-size model batches ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "calls"), [(1, 1), (4, 1), (5, 2), (9, 3), (12, 3)])
+def test_predict_fixed_batches_always_calls_with_batch_size_rows(n: int, calls: int) -> None:
+    x = np.arange(1, n + 1, dtype=np.float32).reshape(n, 1, 1, 1)
+    predict = RecordingPredict(lambda b: b.reshape(len(b), 1) * 10)
+    out = predict_fixed_batches(predict, x, 4)
+    assert predict.shapes == [(4, 1, 1, 1)] * calls
+    np.testing.assert_array_equal(out, np.arange(1, n + 1).reshape(n, 1) * 10)
+
+
+def test_predict_fixed_batches_pads_with_zeros() -> None:
+    seen: list[np.ndarray] = []
+
+    def predict(b: np.ndarray) -> np.ndarray:
+        seen.append(b.copy())
+        return b.reshape(len(b), -1)
+
+    predict_fixed_batches(predict, np.ones((3, 2, 2, 1), dtype=np.float32), 4)
+    assert seen[0][:3].sum() == 12
+    assert seen[0][3].sum() == 0
+
+
+# --- one batch: errors, top-k, order -------------------------------------------------
+
+
+#: "green" has no taxonomy path (a bundle trained without a taxonomy): its rows get null.
+LABELS = (
+    Label("red", "1001", "Colours > Red"),
+    Label("blue", "1002", "Colours > Blue"),
+    Label("green", "1003"),
+)
+
+
+def meta(output: str = "probabilities", scale: str = "raw") -> BundleMeta:
+    return BundleMeta(
+        model_name="fake",
+        model_version="7",
+        labels=LABELS,
+        preprocessing=PreprocessSpec(1, 1, "rgb", scale),
+        output=output,
+    )
+
+
+def normalise(x: np.ndarray) -> np.ndarray:
+    """A fake model whose scores are the pixel's channel shares (padding rows: uniform)."""
+    flat = x.reshape(len(x), 3).astype(np.float64) + 1e-9
+    return (flat / flat.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def batch_of(rows: list[tuple[int, int, int] | RowError]) -> PreparedBatch:
+    ok = [i for i, r in enumerate(rows) if not isinstance(r, RowError)]
+    pixels = np.array([rows[i] for i in ok], dtype=np.uint8).reshape(len(ok), 1, 1, 3)
+    errors = {i: r for i, r in enumerate(rows) if isinstance(r, RowError)}
+    return PreparedBatch(len(rows), pixels, np.array(ok, dtype=np.int64), errors)
+
+
+def outcome(df: pd.DataFrame) -> list[tuple[Any, ...]]:
+    return [
+        (r.status, r.error_code, r.category, r.category_id, r.top_k_categories)
+        for r in df.itertuples()
+    ]
+
+
+MISSING = RowError(ErrorCode.NOT_FOUND, "no such object: s3://b/gone.png")
+CORRUPT = RowError(ErrorCode.UNDECODABLE_IMAGE, "not an image format Pillow reads")
+
+
+def test_finish_batch_tags_ok_rows_and_keeps_error_rows_in_order() -> None:
+    batch = batch_of([(50, 20, 30), MISSING, (10, 70, 20), CORRUPT, (5, 5, 90)])
+    predict = RecordingPredict(normalise)
+    df = finish_batch(batch, predict, meta(), InferenceConfig(model_batch_size=2, top_k=2))
+
+    assert list(df.columns) == PREDICTION.fieldNames()
+    assert predict.shapes == [(2, 1, 1, 3), (2, 1, 1, 3)]
+    assert outcome(df) == [
+        ("ok", None, "red", "1001", ["red", "green"]),
+        ("error", "not_found", None, None, None),
+        ("ok", None, "blue", "1002", ["blue", "green"]),
+        ("error", "undecodable_image", None, None, None),
+        ("ok", None, "green", "1003", ["green", "red"]),
+    ]
+    assert df["error_message"].tolist() == [None, MISSING.message, None, CORRUPT.message, None]
+    assert df["category_path"].tolist() == ["Colours > Red", None, "Colours > Blue", None, None]
+    assert df["confidence"].dtype == np.float32
+    np.testing.assert_allclose(df["confidence"], [0.5, np.nan, 0.7, np.nan, 0.9], rtol=1e-5)
+    np.testing.assert_allclose(df["top_k_scores"][0], [0.5, 0.3], rtol=1e-5)
+    np.testing.assert_allclose(df["top_k_scores"][2], [0.7, 0.2], rtol=1e-5)
+    np.testing.assert_allclose(df["top_k_scores"][4], [0.9, 0.05], rtol=1e-5)
+
+
+def test_finish_batch_scales_pixels_as_the_bundle_says() -> None:
+    seen: list[np.ndarray] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        seen.append(x)
+        return np.tile([0.2, 0.5, 0.3], (len(x), 1)).astype(np.float32)
+
+    finish_batch(
+        batch_of([(255, 0, 51)]), predict, meta(scale="symmetric"), InferenceConfig(top_k=1)
+    )
+    assert seen[0].dtype == np.float32
+    np.testing.assert_allclose(seen[0][0, 0, 0], [1.0, -1.0, -0.6], rtol=1e-6)
+
+
+def test_top_k_is_capped_at_the_number_of_labels() -> None:
+    df = finish_batch(batch_of([(50, 20, 30)]), normalise, meta(), InferenceConfig(top_k=10))
+    assert df["top_k_categories"][0] == ["red", "green", "blue"]
+    assert df["top_k_scores"][0] == sorted(df["top_k_scores"][0], reverse=True)
+
+
+def test_logits_are_softmaxed() -> None:
+    logits = np.array([[2.0, 0.0, 1.0]], dtype=np.float32)
+    df = finish_batch(
+        batch_of([(1, 2, 3)]),
+        lambda x: np.repeat(logits, len(x), axis=0),
+        meta(output="logits"),
+        InferenceConfig(top_k=3),
+    )
+    e = np.exp([2.0, 0.0, 1.0])
+    probs = e / e.sum()
+    assert df["top_k_categories"][0] == ["red", "green", "blue"]
+    np.testing.assert_allclose(df["top_k_scores"][0], probs[[0, 2, 1]], rtol=1e-5)
+    assert df["confidence"][0] == pytest.approx(probs[0], rel=1e-5)
+
+
+def boom(x: np.ndarray) -> np.ndarray:
+    raise RuntimeError("CUDA out of memory")
+
+
+@pytest.mark.parametrize(
+    "predict",
+    [
+        boom,
+        lambda x: np.zeros((len(x), 2), dtype=np.float32),  # two classes, three labels
+        lambda x: np.zeros(len(x), dtype=np.float32),  # one score per row
+    ],
+    ids=["raises", "wrong-classes", "wrong-rank"],
+)
+def test_model_failure_fails_the_ok_rows_only(predict: Any) -> None:
+    batch = batch_of([(1, 2, 3), MISSING, (4, 5, 6), CORRUPT])
+    df = finish_batch(batch, predict, meta(), InferenceConfig(model_batch_size=4))
+    assert outcome(df) == [
+        ("error", "inference_failed", None, None, None),
+        ("error", "not_found", None, None, None),
+        ("error", "inference_failed", None, None, None),
+        ("error", "undecodable_image", None, None, None),
+    ]
+    assert df["error_message"][1] == MISSING.message
+    assert df["confidence"].isna().all()
+    assert df["category_path"].isna().all()
+    if predict is boom:
+        assert df["error_message"][0] == "RuntimeError: CUDA out of memory"
+
+
+def test_a_batch_of_errors_never_calls_the_model() -> None:
+    predict = RecordingPredict(normalise)
+    df = finish_batch(batch_of([MISSING, CORRUPT]), predict, meta(), InferenceConfig())
+    assert predict.shapes == []
+    assert df["error_code"].tolist() == ["not_found", "undecodable_image"]
+
+
+# --- references to pixels: prepare_batch and the streaming loop -------------------------
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> dict[str, str]:
+    (tmp_path / "red.png").write_bytes(png_bytes(COLORS["red"]))
+    (tmp_path / "blue.jpg").write_bytes(jpeg_bytes(COLORS["blue"]))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    return {
+        "red": f"file://{tmp_path}/red.png",
+        "blue": f"file://{tmp_path}/blue.jpg",
+        "corrupt": f"file://{tmp_path}/corrupt.jpg",
+        "empty": f"file://{tmp_path}/empty.png",
+        "missing": f"file://{tmp_path}/missing.png",
+    }
+
+
+def test_prepare_batch_decodes_usable_rows_and_codes_the_others(images: dict[str, str]) -> None:
+    uris = pd.Series(
+        [
+            images["red"],
+            None,
+            images["missing"],
+            "https://cdn.example.com/x.png",
+            images["blue"],
+            images["corrupt"],
+            "s3://other-bucket/x.png",
+            images["empty"],
+        ]
+    )
+    spec = PreprocessSpec(4, 4)
+    storage = StorageConfig(allowed_buckets=("images",))
+    with ThreadPoolExecutor(4) as pool:
+        batch = prepare_batch(uris, spec, storage, pool)
+    assert batch.size == 8
+    assert batch.ok_rows.tolist() == [0, 4]
+    assert batch.pixels.shape == (2, 4, 4, 3)
+    assert batch.pixels.dtype == np.uint8
+    np.testing.assert_allclose(batch.pixels[0, 2, 2], COLORS["red"], atol=2)
+    np.testing.assert_allclose(batch.pixels[1, 2, 2], COLORS["blue"], atol=12)
+    assert {i: e.code.value for i, e in batch.errors.items()} == {
+        1: "invalid_uri",
+        2: "not_found",
+        3: "uri_not_allowed",
+        5: "undecodable_image",
+        6: "uri_not_allowed",
+        7: "empty_object",
+    }
+
+
+def test_prepare_batch_with_no_usable_rows(images: dict[str, str]) -> None:
+    with ThreadPoolExecutor(2) as pool:
+        batch = prepare_batch(
+            pd.Series([images["missing"], ""]), PreprocessSpec(4, 4), StorageConfig(), pool
+        )
+    assert batch.pixels.shape == (0, 4, 4, 3)
+    assert batch.ok_rows.tolist() == []
+    assert sorted(e.code.value for e in batch.errors.values()) == ["invalid_uri", "not_found"]
+
+
+def colour_model(x: np.ndarray) -> np.ndarray:
+    """Red vs blue by the mean of the first and third channels."""
+    r = x[..., 0].reshape(len(x), -1).mean(axis=1)
+    b = x[..., 2].reshape(len(x), -1).mean(axis=1)
+    p_red = (r > b).astype(np.float32) * 0.8 + 0.1
+    return np.stack([p_red, 1 - p_red], axis=1)
+
+
+def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
+    bundle = BundleMeta(
+        model_name="c",
+        model_version="1",
+        labels=(Label("red", "1"), Label("blue", "2")),
+        preprocessing=PreprocessSpec(4, 4, "rgb", "unit"),
+    )
+    predictor = Predictor(bundle, RecordingPredict(colour_model))
+    batches = [
+        pd.Series([images["red"], images["missing"], images["blue"]]),
+        pd.Series([images["blue"]]),
+        pd.Series([images["corrupt"], images["red"]]),
+    ]
+    frames = list(
+        tag_batches(
+            iter(batches),
+            predictor,
+            StorageConfig(fetch_concurrency=2),
+            InferenceConfig(model_batch_size=2, top_k=1),
+        )
+    )
+    assert [len(f) for f in frames] == [3, 1, 2]
+    got = [(r.status, r.error_code, r.category) for f in frames for r in f.itertuples()]
+    assert got == [
+        ("ok", None, "red"),
+        ("error", "not_found", None),
+        ("ok", None, "blue"),
+        ("ok", None, "blue"),
+        ("error", "undecodable_image", None),
+        ("ok", None, "red"),
+    ]
+    assert set(predictor.predict.shapes) == {(2, 4, 4, 3)}  # type: ignore[attr-defined]
+
+
+def test_tag_batches_of_nothing_yields_nothing() -> None:
+    bundle = meta()
+    assert (
+        list(tag_batches(iter([]), Predictor(bundle, boom), StorageConfig(), InferenceConfig()))
+        == []
+    )
+
+
+# --- the model, loaded for real ---------------------------------------------------------
+
+
+def test_load_predictor_runs_the_saved_model(
+    color_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored afterwards, whatever happens
+    predictor = load_predictor(str(color_bundle), use_gpu=False)
+    assert [lb.name for lb in predictor.meta.labels] == ["red", "blue"]
+    x = np.zeros((2, 8, 8, 3), dtype=np.float32)
+    x[0, ..., 0] = 0.9  # red
+    x[1, ..., 2] = 0.9  # blue
+    probs = predictor.predict(x)
+    assert probs.shape == (2, 2)
+    assert probs[0].argmax() == 0 and probs[1].argmax() == 1
+    np.testing.assert_allclose(probs.sum(axis=1), [1.0, 1.0], rtol=1e-5)
+
+
+def test_materialize_bundle_downloads_an_s3_bundle_once(
+    color_bundle: Path, s3: Any, tmp_path: Path
+) -> None:
+    bucket = f"bundles-{uuid.uuid4().hex[:12]}"
+    s3.create_bucket(Bucket=bucket)
+    uri = f"s3://{bucket}/color"
+    objects.copy_tree_from_local(color_bundle, uri)
+    local = materialize_bundle(uri)
+    files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    want = sorted(
+        p.relative_to(color_bundle).as_posix() for p in color_bundle.rglob("*") if p.is_file()
+    )
+    assert files == want
+    assert json.loads((local / "bundle.json").read_text())["model_name"] == "color"
+    # Cached: the second call does not download again (the objects are gone, it still works).
+    s3.delete_object(Bucket=bucket, Key="color/saved_model/saved_model.pb")
+    assert materialize_bundle(uri) == local
+    assert materialize_bundle(str(color_bundle)) == color_bundle  # local: used in place
+
+
+# --- GPU selection and import hygiene -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gpus", "use_gpu", "expected"),
+    [
+        (("1", "3"), True, "1,3"),
+        (("0",), True, "0"),
+        ((), True, None),
+        ((), False, ""),
+        (("1",), False, ""),
+    ],
+)
+def test_visible_devices_env(gpus: tuple[str, ...], use_gpu: bool, expected: str | None) -> None:
+    assert visible_devices_env(gpus, use_gpu) == expected
+
+
+def test_driver_modules_do_not_import_tensorflow() -> None:
+    code = (
+        "import sys, prodclf, prodclf.cli, prodclf.tagging.job, prodclf.tagging.udf\n"
+        "import prodclf.model.runtime, prodclf.model.bundle, prodclf.model.catalog\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras')))\n"
+        "print('pyspark' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["[]", "True"]
