@@ -268,7 +268,7 @@ def _run(cfg: JobConfig, preflight: Any, run: Any, arrow_batch_size: int = 256) 
     from prodclf.session import create_session
 
     checked = preflight(cfg)
-    spark = create_session(cfg.spark, arrow_batch_size)  # type: ignore[attr-defined]
+    spark = create_session(cfg.spark, arrow_batch_size)
     return run(cfg, spark, checked)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import yaml
 
@@ -126,6 +126,8 @@ class JobConfig(Validated):
 
     own_section: ClassVar[str | None] = None
     command: ClassVar[str] = ""
+    if TYPE_CHECKING:  # every job has a ``spark`` section (a dataclass field of the subclass)
+        spark: SparkConfig
 
     def __post_init__(self) -> None:
         spark = getattr(self, "spark", None)
