@@ -33,6 +33,7 @@ from prodclf.config import TrainConfig
 from prodclf.errors import ConfigError
 from prodclf.imaging import PreprocessSpec
 from prodclf.models import ModelOptions, architecture_info
+from prodclf.requirements import require_training
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import normalize_location, parse_uri
 from prodclf.train_data import (
@@ -97,7 +98,8 @@ def plan(cfg: TrainConfig) -> Plan:
 
 
 def preflight(cfg: TrainConfig) -> Plan:
-    """Refuse bad arguments before Spark starts: config, locations, weights, label map."""
+    """Refuse before Spark starts: training stack, config, locations, weights, label map."""
+    require_training()
     cfg.validate()
     tables.refuse_overlap(cfg.base_library, cfg.model_out, "--model-out")
     tables.require_dataset(cfg.base_library, "base library")
