@@ -35,6 +35,8 @@ from prodclf.storage import objects
 from prodclf.storage.uris import parse_uri
 from prodclf.tag import run_tag
 
+pytestmark = pytest.mark.spark4
+
 RUN_DATE = date(2026, 11, 23)
 MAX_BYTES = 100_000
 RED, BLUE = COLORS["red"], COLORS["blue"]

@@ -12,6 +12,8 @@ from prodclf.bundle import META_FILE, SAVED_MODEL_DIR, BundleMeta, Label, read_m
 from prodclf.errors import ModelBundleError
 from prodclf.imaging import PreprocessSpec
 
+pytestmark = pytest.mark.spark4
+
 SHOES = "Apparel & Accessories > Shoes"
 
 

@@ -31,7 +31,7 @@ from prodclf.config import InferenceConfig, TagConfig
 from prodclf.imaging import PreprocessSpec
 from prodclf.tag import run_tag
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 
 class Trap:

@@ -17,6 +17,8 @@ from prodclf.errors import ConfigError, InputError
 from prodclf.evaluate import preflight, run_evaluate, score
 from prodclf.tag import run_tag
 
+pytestmark = pytest.mark.spark4
+
 DAY = date(2026, 11, 20)
 
 

@@ -33,6 +33,8 @@ from prodclf.inference import (
 from prodclf.schemas import PREDICTION
 from prodclf.storage import objects
 
+pytestmark = pytest.mark.spark4
+
 
 class RecordingPredict:
     """A fake model: remembers the shape of every call."""

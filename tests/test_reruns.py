@@ -50,7 +50,7 @@ from prodclf.config import InferenceConfig, StorageConfig, TagConfig
 from prodclf.storage import tables
 from prodclf.tag import run_tag
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1, DAY2 = "2026-11-20", "2026-11-21"
 PRODUCTS = 40

@@ -17,7 +17,7 @@ from prodclf.schemas import COMMODITY_LIBRARY
 from prodclf.storage import tables
 from prodclf.tag import run_tag
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1 = date(2026, 11, 20)
 DAY2 = date(2026, 11, 21)

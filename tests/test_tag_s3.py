@@ -22,7 +22,7 @@ from prodclf.config import InferenceConfig, StorageConfig, TagConfig
 from prodclf.storage import objects, tables
 from prodclf.tag import run_tag
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 RUN_DATE = date(2026, 11, 20)
 

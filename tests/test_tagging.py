@@ -13,6 +13,8 @@ from pyspark.sql.functions import pandas_udf
 from prodclf.schemas import COMMODITY_LIBRARY, PREDICTION
 from prodclf.tagging import RunInfo, classify, plan_partitions, select_products, to_commodity_rows
 
+pytestmark = pytest.mark.spark4
+
 RUN = RunInfo("r1", date(2026, 11, 21), "m", "7", datetime(2026, 11, 21, 3, 0, 0))
 
 

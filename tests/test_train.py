@@ -30,6 +30,9 @@ from prodclf.train_data import (
     sample,
 )
 
+# Training needs the train extra (petastorm): Spark 3.5 only.
+pytestmark = pytest.mark.train
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
