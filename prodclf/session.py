@@ -51,10 +51,16 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
 
 
 def version_settings(spark_version: str) -> dict[str, str]:
-    """Settings only some Spark versions have: byte-sized Arrow batches from Spark 4.0."""
+    """Settings Spark 4.0+ has: byte-sized Arrow batches, and a classic (not Connect) session.
+
+    prodclf needs a classic session: it reads ``sparkContext`` (parallelism, log level).
+    """
     major = spark_version.split(".", 1)[0]
     if major.isdigit() and int(major) >= 4:
-        return {"spark.sql.execution.arrow.maxBytesPerBatch": ARROW_MAX_BYTES_PER_BATCH}
+        return {
+            "spark.sql.execution.arrow.maxBytesPerBatch": ARROW_MAX_BYTES_PER_BATCH,
+            "spark.api.mode": "classic",
+        }
     return {}
 
 

@@ -20,15 +20,21 @@ SPARK4 = int(pyspark.__version__.split(".")[0]) >= 4
 BYTES_KEY = "spark.sql.execution.arrow.maxBytesPerBatch"
 
 
-def test_byte_sized_arrow_batches_are_set_from_spark_4_only() -> None:
-    assert version_settings("4.3.0") == {BYTES_KEY: ARROW_MAX_BYTES_PER_BATCH}
-    assert version_settings("4.0.0") == {BYTES_KEY: ARROW_MAX_BYTES_PER_BATCH}
+def test_byte_sized_arrow_batches_and_classic_mode_are_set_from_spark_4_only() -> None:
+    spark4 = {BYTES_KEY: ARROW_MAX_BYTES_PER_BATCH, "spark.api.mode": "classic"}
+    assert version_settings("4.3.0") == spark4
+    assert version_settings("4.0.0") == spark4
     assert version_settings("3.5.9") == {}
 
 
 def test_the_session_caps_arrow_batches_in_bytes_where_spark_can(spark: SparkSession) -> None:
     expected = ARROW_MAX_BYTES_PER_BATCH if SPARK4 else "unset"
     assert spark.conf.get(BYTES_KEY, "unset") == expected
+
+
+def test_the_session_is_classic_not_spark_connect(spark: SparkSession) -> None:
+    assert not type(spark).__module__.startswith("pyspark.sql.connect")
+    assert spark.sparkContext.defaultParallelism >= 1
 
 
 @pytest.mark.skipif(not SPARK4, reason="Spark 3.5 sizes Arrow batches by record count only")
