@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
+import pyspark
 from pyspark.sql import SparkSession
 
 from prodclf.config import SparkConfig
+
+#: Spark 4.0+ also caps each Arrow batch in bytes, beside maxRecordsPerBatch
+#: (``spark.conf`` in --config overrides it; see infra/spark/spark-defaults.conf).
+ARROW_MAX_BYTES_PER_BATCH = "64m"
 
 
 def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSession:
@@ -35,6 +40,7 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
     }
     if cfg.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    settings.update(version_settings(pyspark.__version__))
     settings.update(s3a_settings(os.environ))
     settings.update(dict(cfg.conf))
     for key, value in settings.items():
@@ -42,6 +48,20 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("PRODCLF_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def version_settings(spark_version: str) -> dict[str, str]:
+    """Settings Spark 4.0+ has: byte-sized Arrow batches, and a classic (not Connect) session.
+
+    prodclf needs a classic session: it reads ``sparkContext`` (parallelism, log level).
+    """
+    major = spark_version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 4:
+        return {
+            "spark.sql.execution.arrow.maxBytesPerBatch": ARROW_MAX_BYTES_PER_BATCH,
+            "spark.api.mode": "classic",
+        }
+    return {}
 
 
 def s3a_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:

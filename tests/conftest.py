@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Training tests are deselected where petastorm is absent (-m "not train"), never skipped."""
+    from prodclf.requirements import training_problem
+
+    problem = training_problem()
+    selected = [item.nodeid for item in items if item.get_closest_marker("train")]
+    if problem and selected:
+        raise pytest.UsageError(
+            f"{len(selected)} test(s) marked train selected, but {problem} here: "
+            f'deselect them with -m "not train" (first: {selected[0]})'
+        )
+
+
 #: The test secret: it must never appear in any log, manifest or output of a run.
 TEST_SECRET = "prodclf-test-secret-9f3c2a"
 

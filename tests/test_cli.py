@@ -13,6 +13,8 @@ from pyspark.sql import SparkSession
 
 from prodclf.cli import EXIT_REFUSED, main
 
+pytestmark = pytest.mark.spark4
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

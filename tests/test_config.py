@@ -22,6 +22,8 @@ from prodclf.config import (
 )
 from prodclf.errors import ConfigError
 
+pytestmark = pytest.mark.spark4
+
 
 def test_section_builds_from_a_yaml_mapping() -> None:
     storage = section(

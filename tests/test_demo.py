@@ -57,6 +57,7 @@ def test_markers_record_the_parameters(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_demo_end_to_end_then_reuse(
     spark: Any,
     tmp_path: Path,

@@ -13,6 +13,8 @@ from PIL import Image
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreprocessSpec, decode_image, decode_to_uint8, scale_pixels
 
+pytestmark = pytest.mark.spark4
+
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
 WHITE = (255, 255, 255)

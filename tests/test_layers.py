@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prodclf"
 LAYERS: list[tuple[str, ...]] = [
     ("prodclf", "prodclf.errors"),
     ("prodclf.schemas", "prodclf.model.catalog"),
-    ("prodclf.config", "prodclf.fashion_mnist"),
+    ("prodclf.config", "prodclf.fashion_mnist", "prodclf.requirements"),
     ("prodclf.storage", "prodclf.session"),
     ("prodclf.images",),
     ("prodclf.model",),

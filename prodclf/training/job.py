@@ -33,6 +33,7 @@ from prodclf.errors import ConfigError
 from prodclf.images import PreprocessSpec
 from prodclf.model.bundle import BundleMeta, Label, export_bundle
 from prodclf.model.catalog import ModelOptions, architecture_info
+from prodclf.requirements import require_training
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import normalize_location, parse_uri
 from prodclf.training.data import (
@@ -97,7 +98,8 @@ def plan_model(cfg: TrainConfig) -> Plan:
 
 
 def train_preflight(cfg: TrainConfig) -> Plan:
-    """Refuse bad arguments before Spark starts: locations, weights, label map."""
+    """Refuse before Spark starts: training stack, locations, weights, label map."""
+    require_training()
     tables.refuse_overlap(cfg.base_library, cfg.model_out, "--model-out")
     tables.require_dataset(cfg.base_library, "base library")
     if cfg.labels:

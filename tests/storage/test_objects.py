@@ -25,6 +25,8 @@ from prodclf.errors import ErrorCode, RowError
 from prodclf.storage import objects
 from prodclf.storage.uris import parse_uri
 
+pytestmark = pytest.mark.spark4
+
 CFG = StorageConfig(max_object_bytes=1000, connect_timeout_s=1.0, read_timeout_s=2.0)
 
 

@@ -34,6 +34,8 @@ from prodclf.errors import ErrorCode, InputError, RowError
 from prodclf.storage import objects
 from prodclf.storage.uris import parse_uri
 
+pytestmark = pytest.mark.spark4
+
 RUN_DATE = date(2026, 11, 23)
 MAX_BYTES = 100_000
 RED, BLUE = COLORS["red"], COLORS["blue"]

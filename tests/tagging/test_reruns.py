@@ -49,7 +49,7 @@ from pyspark.sql import SparkSession
 from prodclf.config import InferenceConfig, StorageConfig, TagConfig
 from prodclf.storage import tables
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1, DAY2 = "2026-11-20", "2026-11-21"
 PRODUCTS = 40

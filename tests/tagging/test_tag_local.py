@@ -17,7 +17,7 @@ from prodclf.config import TagConfig
 from prodclf.schemas import COMMODITY_LIBRARY
 from prodclf.storage import tables
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1 = date(2026, 11, 20)
 DAY2 = date(2026, 11, 21)

@@ -19,6 +19,8 @@ from prodclf.tagging.transforms import (
     to_commodity_rows,
 )
 
+pytestmark = pytest.mark.spark4
+
 RUN = RunInfo("r1", date(2026, 11, 21), "m", "7", datetime(2026, 11, 21, 3, 0, 0))
 
 

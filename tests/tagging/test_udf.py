@@ -29,6 +29,8 @@ from prodclf.schemas import PREDICTION
 from prodclf.storage import objects
 from prodclf.tagging.udf import finish_batch, predict_fixed_batches, tag_batches
 
+pytestmark = pytest.mark.spark4
+
 
 class RecordingPredict:
     """A fake model: remembers the shape of every call."""
