@@ -15,7 +15,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist \
-	s3a-jars
+	s3a-jars airflow-env test-airflow
 
 setup: $(STAMP)
 
@@ -30,6 +30,27 @@ $(STAMP): pyproject.toml constraints.txt
 # the git-ignored .cache/jars; a no-op when the verified jars are there.
 s3a-jars: setup
 	$(BIN)/python infra/fetch_s3a_jars.py
+
+# Airflow in its own venv (its pins clash with the job's: pyspark 4, SQLAlchemy 1.4, ...),
+# from Airflow's constraint versions in infra/airflow/constraints.txt.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.prodclf-airflow-installed
+
+airflow-env: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): infra/airflow/constraints.txt
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c infra/airflow/constraints.txt \
+	  apache-airflow apache-airflow-core apache-airflow-task-sdk \
+	  apache-airflow-providers-apache-spark pytest
+	@touch $@
+
+# The DAGs loaded by Airflow's DagBag, with a throw-away AIRFLOW_HOME.
+test-airflow: airflow-env
+	@home=$$(mktemp -d); cd infra/airflow && AIRFLOW_HOME=$$home \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False $(abspath $(AIRFLOW_VENV))/bin/python -m pytest \
+	  -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; rm -rf $$home; exit $$rc
 
 check-java:
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
