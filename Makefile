@@ -71,8 +71,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check prodclf jobs tests
-	$(BIN)/ruff format --check prodclf jobs tests
+	$(BIN)/ruff check prodclf jobs tests infra
+	$(BIN)/ruff format --check prodclf jobs tests infra
 	$(BIN)/mypy
 
 bench: setup
