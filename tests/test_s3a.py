@@ -31,7 +31,7 @@ Row = tuple[str, str, date]
 
 
 def _hadoop_conf(spark: SparkSession) -> Any:
-    return spark.sparkContext._jsc.hadoopConfiguration()  # type: ignore[union-attr]
+    return spark.sparkContext._jsc.hadoopConfiguration()
 
 
 @pytest.fixture
