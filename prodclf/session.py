@@ -42,6 +42,8 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
         settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
     settings.update(version_settings(pyspark.__version__))
     settings.update(s3a_settings(os.environ))
+    if os.environ.get("PRODCLF_SPARK_JARS"):  # extra jars for a session that starts its JVM
+        settings["spark.jars"] = os.environ["PRODCLF_SPARK_JARS"]  # (e.g. hadoop-aws, local)
     settings.update(dict(cfg.conf))
     for key, value in settings.items():
         builder = builder.config(key, value)

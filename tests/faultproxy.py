@@ -233,10 +233,13 @@ class FaultProxy:
             self.log.append((method, path, fault or "forwarded"))
             if fault:
                 self.injected[fault] += 1
+        head = method == "HEAD"  # a HEAD answer has no body, errors included
         if fault == SLOWDOWN:
-            _send(h, 503, "Slow Down", s3_error_xml("SlowDown", "Please reduce your request rate."))
+            xml = s3_error_xml("SlowDown", "Please reduce your request rate.")
+            _send(h, 503, "Slow Down", xml, head=head)
         elif fault == INTERNAL:
-            _send(h, 500, "Internal Server Error", s3_error_xml("InternalError", "injected"))
+            xml = s3_error_xml("InternalError", "injected")
+            _send(h, 500, "Internal Server Error", xml, head=head)
         elif fault == RESET:
             _reset(h)
         elif fault == STALL:
@@ -250,16 +253,19 @@ class FaultProxy:
             h.wfile.flush()
             self._hold_until_client_leaves(h, path, HUGE)
         else:
-            status, reason, headers, payload = self._forward(h, method, body)
+            status, reason, headers, payload, length = self._forward(h, method, body)
             if fault == CUT and payload:
                 _send(h, status, reason, payload[: len(payload) // 2], headers, len(payload))
                 _reset(h)
+            elif head:  # no body, and the upstream's Content-Length (the object's size)
+                _send(h, status, reason, payload, headers, length, head=True)
             else:
-                _send(h, status, reason, payload, headers, head=method == "HEAD")
+                _send(h, status, reason, payload, headers)
 
     def _forward(
         self, h: BaseHTTPRequestHandler, method: str, body: bytes
-    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, str, list[tuple[str, str]], bytes, int | None]:
+        """The upstream's status, reason, end-to-end headers, body and Content-Length."""
         conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
         try:
             headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -268,7 +274,9 @@ class FaultProxy:
             resp = conn.getresponse()
             payload = resp.read()
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
-            return resp.status, resp.reason, out, payload
+            declared = resp.getheader("Content-Length")
+            length = int(declared) if declared is not None else None
+            return resp.status, resp.reason, out, payload, length
         finally:
             conn.close()
 
