@@ -163,6 +163,8 @@ def _null_count(meta: pq.FileMetaData, column: str, so_far: int) -> int | None:
         return None  # a partition column: no statistics
     index = names.index(column)
     for g in range(meta.num_row_groups):
+        if meta.row_group(g).num_rows == 0:
+            continue
         stats = meta.row_group(g).column(index).statistics
         if stats is None or not stats.has_null_count:
             return None
