@@ -88,7 +88,9 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
         )
 
     run = RunInfo(cfg.run_id, cfg.run_date, meta.model_name, meta.model_version, started)
-    udf = tag_images_udf(normalize_location(cfg.model), cfg.storage, cfg.inference)
+    udf = tag_images_udf(
+        normalize_location(cfg.model), cfg.storage, cfg.inference, meta.fingerprint
+    )
     partitions = plan_partitions(
         counts.distinct_products,
         spark.sparkContext.defaultParallelism,

@@ -25,7 +25,7 @@ from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
 from prodclf.model.bundle import BundleMeta
-from prodclf.model.runtime import PredictFn, Predictor, get_predictor
+from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -186,12 +186,35 @@ def tag_batches(
 # --- the UDF ---------------------------------------------------------------------------
 
 
-def tag_images_udf(model_uri: str, storage: StorageConfig, inference: InferenceConfig) -> Any:
-    """A pandas iterator UDF: ``image_uri`` column -> ``PREDICTION`` struct column."""
+def error_frame(size: int, err: RowError) -> pd.DataFrame:
+    """``size`` rows, all with the same error."""
+    frame = pd.DataFrame({name: [None] * size for name in PREDICTION.fieldNames()})
+    frame["confidence"] = np.full(size, np.nan, dtype=np.float32)
+    frame["status"] = STATUS_ERROR
+    frame["error_code"] = err.code.value
+    frame["error_message"] = err.message
+    return frame
+
+
+def tag_images_udf(
+    model_uri: str, storage: StorageConfig, inference: InferenceConfig, fingerprint: str = ""
+) -> Any:
+    """A pandas iterator UDF: ``image_uri`` column -> ``PREDICTION`` struct column.
+
+    ``fingerprint`` is the driver's ``BundleMeta.fingerprint``: a worker that loads another
+    version of the bundle (republished meanwhile) tags none of its rows with it; they
+    become ``inference_failed`` rows, which the run's error-rate check then judges.
+    """
     from pyspark.sql.functions import pandas_udf
 
     def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        predictor = get_predictor(model_uri, inference.use_gpu)
+        try:
+            predictor = get_predictor(model_uri, inference.use_gpu, fingerprint)
+        except BundleChanged as exc:
+            err = RowError(ErrorCode.INFERENCE_FAILED, str(exc)[:300])
+            for batch in uris:
+                yield error_frame(len(batch), err)
+            return
         yield from tag_batches(uris, predictor, storage, inference)
 
     # Non-deterministic so the optimizer never duplicates the call per struct field.
