@@ -91,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="concurrent object fetches per Python worker",
     )
+    tag.add_argument(
+        "--max-error-rate",
+        type=float,
+        metavar="F",
+        help="fail the run (exit 3, nothing published) when more than this share of "
+        "products are error rows (default 0.5)",
+    )
+    tag.add_argument(
+        "--min-error-rows",
+        type=int,
+        metavar="N",
+        help="error-rate limits apply from this many error rows on (default 10)",
+    )
 
     train = sub.add_parser(
         "train",
@@ -350,5 +363,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ProdclfError as exc:
+        # One line; 2: refused before any work, 3: the run failed and published nothing.
         print(f"prodclf: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return exc.exit_code

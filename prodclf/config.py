@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import yaml
 
-from prodclf.errors import ConfigError
+from prodclf.errors import ConfigError, ErrorCode
 from prodclf.model.catalog import ARCHITECTURES, FUSIONS
 
 T = TypeVar("T")
@@ -55,11 +55,15 @@ class StorageConfig(Validated):
     max_attempts: int = 5
     # Concurrent object fetches (and decodes) per Python worker: hides storage latency.
     fetch_concurrency: int = 16
+    # Memory per Python worker for images being decoded (compressed input + estimated
+    # working pixels): large images wait for their share instead of decoding all at once.
+    decode_memory_bytes: int = 512 * 1024 * 1024
     # Spark reads/writes Parquet on S3 through Hadoop's s3a connector.
     spark_s3_scheme: str = "s3a"
 
     def validate(self) -> None:
         _positive(self, "max_object_bytes", "max_pixels", "max_attempts", "fetch_concurrency")
+        _positive(self, "decode_memory_bytes")
         _positive(self, "connect_timeout_s", "read_timeout_s", "fetch_deadline_s")
         if self.retry_mode not in ("legacy", "standard", "adaptive"):
             raise ConfigError(
@@ -95,6 +99,51 @@ class InferenceConfig(Validated):
 
 
 @dataclass(frozen=True)
+class ChecksConfig(Validated):
+    """When a run as a whole has failed: judged before anything is published.
+
+    A run fails (exit 3, nothing written) when more than ``max_error_rate`` of its
+    products are error rows, or more than a code's limit in ``max_code_rates`` carry that
+    code, provided at least ``min_error_rows`` rows are concerned (so a tiny catalog is not
+    judged on a handful of rows).
+    """
+
+    max_error_rate: float = 0.5
+    min_error_rows: int = 10
+    # error code -> largest tolerated share of products; the store failing as a whole and
+    # prodclf's own bugs are not a matter of individual products.
+    max_code_rates: tuple[tuple[str, float], ...] = (
+        ("store_unavailable", 0.0),
+        ("internal_error", 0.01),
+    )
+    # Sample objects of the catalog fetched before any Spark work (0: no probe).
+    probe_objects: int = 3
+
+    def validate(self) -> None:
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(
+                f"checks.max_error_rate must be within [0, 1], not {self.max_error_rate}"
+            )
+        if self.min_error_rows < 1:
+            raise ConfigError(f"checks.min_error_rows must be positive, not {self.min_error_rows}")
+        if self.probe_objects < 0:
+            raise ConfigError(f"checks.probe_objects must be >= 0, not {self.probe_objects}")
+        codes = {c.value for c in ErrorCode}
+        rates = []
+        for code, rate in self.max_code_rates:
+            if code not in codes:
+                raise ConfigError(f"checks.max_code_rates: unknown error code {code!r}")
+            try:
+                value = float(rate)
+            except ValueError:
+                raise ConfigError(f"checks.max_code_rates.{code}: expected a number") from None
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"checks.max_code_rates.{code} must be within [0, 1]")
+            rates.append((code, value))
+        object.__setattr__(self, "max_code_rates", tuple(rates))
+
+
+@dataclass(frozen=True)
 class SparkConfig(Validated):
     """Where the session runs. ``master=None`` leaves it to spark-submit (or local[*])."""
 
@@ -114,6 +163,7 @@ SECTIONS: dict[str, type[Validated]] = {
     "storage": StorageConfig,
     "inference": InferenceConfig,
     "spark": SparkConfig,
+    "checks": ChecksConfig,
 }
 
 
@@ -188,6 +238,7 @@ class TagConfig(JobConfig):
     storage: StorageConfig = field(default_factory=StorageConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     def __post_init__(self) -> None:
         if not self.run_id:

@@ -190,6 +190,9 @@ def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> No
     assert cfg.inference.review_threshold == 0.6
     assert dict(cfg.spark.conf) == {"spark.sql.shuffle.partitions": "400"}
     assert cfg.spark.app_name == "prodclf-nightly"
+    assert cfg.checks.max_error_rate == 0.5 and cfg.checks.min_error_rows == 10
+    assert dict(cfg.checks.max_code_rates) == {"store_unavailable": 0.0, "internal_error": 0.01}
+    assert cfg.storage.decode_memory_bytes == 512 << 20
 
 
 def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:

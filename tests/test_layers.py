@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "prodclf.tagging.transforms",
         "prodclf.tagging.udf",
+        "prodclf.tagging.checks",
         "prodclf.training.data",
         "prodclf.evaluation.metrics",
         "prodclf.evaluation.report",

@@ -18,11 +18,12 @@ from pyspark.sql import functions as F
 
 import prodclf
 from prodclf.config import TagConfig
-from prodclf.errors import ConfigError, InputError, ProdclfError
+from prodclf.errors import ConfigError, InputError
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_ERROR, STATUS_OK
 from prodclf.storage import tables
 from prodclf.storage.uris import is_same_or_inside, normalize_location
+from prodclf.tagging import checks
 from prodclf.tagging.transforms import RunInfo, plan_partitions, tag_products
 from prodclf.tagging.udf import tag_images_udf
 
@@ -47,7 +48,9 @@ def tag_preflight(cfg: TagConfig) -> BundleMeta:
     if is_same_or_inside(out, cfg.model) or is_same_or_inside(cfg.model, out):
         raise ConfigError(f"--commodity-library {out} overlaps the model bundle {cfg.model}")
     tables.require_dataset(base, "base library")
-    return read_meta(cfg.model)
+    meta = read_meta(cfg.model)
+    checks.preflight(cfg)  # the base library's footers, then a probe of the image store
+    return meta
 
 
 def count_catalog(base: DataFrame) -> CatalogCounts:
@@ -85,7 +88,9 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
         )
 
     run = RunInfo(cfg.run_id, cfg.run_date, meta.model_name, meta.model_version, started)
-    udf = tag_images_udf(normalize_location(cfg.model), cfg.storage, cfg.inference)
+    udf = tag_images_udf(
+        normalize_location(cfg.model), cfg.storage, cfg.inference, meta.fingerprint
+    )
     partitions = plan_partitions(
         counts.distinct_products,
         spark.sparkContext.defaultParallelism,
@@ -99,15 +104,14 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
         partitions=partitions,
     )
     t0 = time.perf_counter()
+    rows = checks.gate_error_rates(rows, cfg.run_id, counts.distinct_products, cfg.checks)
     tables.write_commodity_run(rows, cfg.commodity_library, s3)
+    rows.unpersist()
     tag_seconds = time.perf_counter() - t0
 
-    summary = run_summary(tables.read_commodity_run(spark, cfg.commodity_library, cfg.run_date, s3))
-    if summary["rows_written"] != counts.distinct_products:
-        raise ProdclfError(
-            f"run {cfg.run_id}: wrote {summary['rows_written']} rows for "
-            f"{counts.distinct_products} products; no manifest written, rerun the date"
-        )
+    written = tables.read_commodity_run(spark, cfg.commodity_library, cfg.run_date, s3)
+    checks.verify_read_back(written, cfg.run_id, counts.distinct_products)
+    summary = run_summary(written)
     manifest = {
         "run_id": cfg.run_id,
         "run_date": cfg.run_date.isoformat(),

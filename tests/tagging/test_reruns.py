@@ -113,7 +113,7 @@ def wait_for(job: JobProcess, what: str, check: Any, timeout_s: float = 180) -> 
         time.sleep(0.25)
 
 
-def test_a_run_killed_mid_write_leaves_no_manifest_and_a_rerun_repairs_the_date(
+def test_a_run_killed_mid_run_leaves_no_manifest_and_a_rerun_repairs_the_date(
     spark: SparkSession, s3_endpoint: str, color_bundle: Path, tmp_path: Path
 ) -> None:
     base, expected = s3_catalog(tmp_path, "rerun")
@@ -129,8 +129,9 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_a_rerun_repairs_the_date(
     assert complete_run(out, DAY2) == "day2-first"
 
     # The killed run reaches S3 through a proxy that holds the request for one image
-    # unanswered: the task with that product cannot finish, while the others write their
-    # rows and commit them to the job's staging area. It is killed in that state.
+    # unanswered: the task with that product cannot finish, while the others tag their
+    # products. The rows are checked (error rates) before anything is written, so nothing
+    # of this run is in the library yet. It is killed in that state.
     config = write_config(
         tmp_path / "slow.yaml",
         storage={"allowed_schemes": ["s3"], "read_timeout_s": 300, "fetch_concurrency": 2},
@@ -142,16 +143,16 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_a_rerun_repairs_the_date(
         proxy.hold([held])
         with running_job(argv, job_env(proxy.endpoint), tmp_path / "logs") as job:
 
-            def mid_write() -> bool:
-                return proxy.waiting > 0 and bool(uncommitted_parts(out))
+            def mid_run() -> bool:
+                return proxy.waiting > 0 and proxy.forwarded() >= PRODUCTS - 10
 
-            wait_for(job, "rows written by the killed run", mid_write)
+            wait_for(job, "the other products fetched by the killed run", mid_run)
             job.kill_hard()
             assert not job.pids()
 
-    # What the kill left: a hidden staging directory with the run's partial output, no
-    # manifest, and the date's previous complete run, untouched and still complete.
-    assert uncommitted_parts(out)
+    # What the kill left: nothing at all of the killed run (no staging files, no
+    # manifest), and the date's previous complete run, untouched and still complete.
+    assert not staging_debris(out) and not uncommitted_parts(out)
     assert "killed" not in manifests(out)
     assert tree_digest(out / f"run_date={DAY2}") == before["day2"]
     assert complete_run(out, DAY2) == "day2-first"
