@@ -24,11 +24,20 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "prodclf.tagging.transforms",
         "prodclf.tagging.udf",
+        "prodclf.tagging.selection",
+        "prodclf.tagging.current",
+        "prodclf.tagging.report",
+        "prodclf.tagging.progress",
         "prodclf.training.data",
         "prodclf.evaluation.metrics",
         "prodclf.evaluation.report",
     ),
-    ("prodclf.tagging.job", "prodclf.training.job", "prodclf.evaluation.job"),
+    (
+        "prodclf.tagging.job",
+        "prodclf.tagging.library",
+        "prodclf.training.job",
+        "prodclf.evaluation.job",
+    ),
     ("prodclf.demo",),
     ("prodclf.cli", "prodclf.__main__"),
 ]
