@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist
+.PHONY: setup demo test test-fast lint typecheck bench bench-incremental results clean check-java fashion-mnist
 
 setup: $(STAMP)
 
@@ -50,6 +50,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The incremental selection on 1M synthetic products (no images): bench-workdir/incremental.json.
+bench-incremental: setup
+	$(BIN)/python benchmarks/bench_incremental.py $(BENCH_ARGS)
 
 # The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
 results: setup fashion-mnist

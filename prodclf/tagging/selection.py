@@ -79,7 +79,8 @@ def select_incremental(
 
     ``new`` (no row in tags_current), ``returned`` (inactive, back in the base library),
     ``image_changed`` (``image_uri`` differs from the latest attempt's),
-    ``change_column`` (the change column differs; only with ``use_change_column``),
+    ``change_column`` (the change column differs from the value the latest attempt
+    recorded; only with ``use_change_column``, and only where a value was recorded),
     ``retry_error`` (the latest attempt failed with a code in ``retry_codes``),
     ``model_version`` (the latest attempt was not made with ``model_version``: an ok tag
     from an older model, or an older model's failure). A product whose latest attempt
@@ -96,8 +97,11 @@ def select_incremental(
         )
     )
     if use_change_column:
+        # Only against a recorded value: a product last tagged without the change column
+        # has none, and is compared by image_uri alone until a run records one.
         reason = reason.when(
-            ~F.col("cur_attempt_change").eqNullSafe(F.col("change_value")),
+            F.col("cur_attempt_change").isNotNull()
+            & ~F.col("cur_attempt_change").eqNullSafe(F.col("change_value")),
             F.lit(REASON_CHANGE_COLUMN),
         )
     retryable = (F.col("cur_status") == F.lit(STATUS_ERROR)) & F.col("cur_error_code").isin(
