@@ -198,6 +198,7 @@ class TagConfig(JobConfig):
     ``retry_errors``, each optional, at least one given).
     """
 
+    own_section: ClassVar[str | None] = "tag"
     command: ClassVar[str] = "tag"
 
     base_library: str
