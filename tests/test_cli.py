@@ -226,3 +226,12 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
         "light",
         False,
     )
+
+
+def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(
+    spark: SparkSession, layout: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = tag_args(layout, **{"--mode": "backfill", "--where": "no_such_column = 1"})
+    line = run_refused(argv, capsys)
+    assert "--where 'no_such_column = 1' is not a predicate over the base library's columns" in line
+    assert not layout["out"].exists()

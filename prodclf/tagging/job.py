@@ -92,8 +92,19 @@ def count_catalog(base: DataFrame) -> CatalogCounts:
     return CatalogCounts(int(row["rows"]), int(row["nulls"]), int(row["distinct"]))
 
 
-def read_catalog(cfg: TagConfig, spark: SparkSession) -> tuple[DataFrame, CatalogCounts]:
-    """The base library and its counts; an empty or keyless one is refused."""
+@dataclass
+class Inputs:
+    """The run's inputs, read and checked before the library is locked or written."""
+
+    base: DataFrame
+    counts: CatalogCounts
+    listed: DataFrame | None  # --products ids
+    matching: DataFrame | None  # ids of the base rows --where selects
+
+
+def read_inputs(cfg: TagConfig, spark: SparkSession) -> Inputs:
+    """The base library (an empty or keyless one is refused) and the backfill selection's
+    inputs (an unreadable list or a bad predicate is refused): nothing written yet."""
     extra = (cfg.change_column,) if cfg.change_column else ()
     base = tables.read_base_library(spark, cfg.base_library, cfg.storage.spark_s3_scheme, extra)
     counts = count_catalog(base)
@@ -111,18 +122,26 @@ def read_catalog(cfg: TagConfig, spark: SparkSession) -> tuple[DataFrame, Catalo
             counts.null_product_ids,
             counts.duplicate_rows,
         )
-    return base, counts
+    listed = matching = None
+    if cfg.mode == "backfill" and cfg.products:
+        listed = tables.read_product_list(spark, cfg.products, cfg.storage.spark_s3_scheme)
+    if cfg.mode == "backfill" and cfg.where:
+        try:
+            matching = base.where(F.expr(cfg.where)).select("product_id")
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ConfigError(
+                f"--where {cfg.where!r} is not a predicate over the base library's "
+                f"columns ({first[:300]})"
+            ) from None
+    return Inputs(base, counts, listed, matching)
 
 
 def plan_selection(
-    cfg: TagConfig,
-    spark: SparkSession,
-    base: DataFrame,
-    current: DataFrame,
-    model_version: str,
+    cfg: TagConfig, inputs: Inputs, current: DataFrame, model_version: str
 ) -> Selection:
     """The run's products and why, for its mode (``--dry-run`` stops here)."""
-    products = base.transform(select_products, None, cfg.change_column)
+    products = inputs.base.transform(select_products, None, cfg.change_column)
     unknown, examples = 0, []
     if cfg.mode == "full":
         chosen = sel.select_full(products, current)
@@ -132,9 +151,8 @@ def plan_selection(
         )
     else:
         filters = []
-        if cfg.products:
-            ids = tables.read_product_list(spark, cfg.products, cfg.storage.spark_s3_scheme)
-            missing = sel.unknown_ids(ids, products)
+        if inputs.listed is not None:
+            missing = sel.unknown_ids(inputs.listed, products)
             unknown = missing.count()
             examples = sorted(r["product_id"] for r in missing.limit(10).collect())
             if unknown:
@@ -143,17 +161,9 @@ def plan_selection(
                     unknown,
                     ", ".join(examples),
                 )
-            filters.append(ids)
-        if cfg.where:
-            try:
-                matching = base.where(F.expr(cfg.where)).select("product_id")
-            except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                raise ConfigError(
-                    f"--where {cfg.where!r} is not a predicate over the base library's "
-                    f"columns ({first[:300]})"
-                ) from None
-            filters.append(matching)
+            filters.append(inputs.listed)
+        if inputs.matching is not None:
+            filters.append(inputs.matching)
         chosen = sel.select_backfill(products, current, filters, cfg.retry_errors)
     chosen = chosen.persist()
     stats = chosen.groupBy("reason", "in_current").count().collect()
@@ -175,32 +185,33 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
 
     ``meta`` is the bundle metadata ``tag_preflight`` returned.
     """
+    inputs = read_inputs(cfg, spark)
     if cfg.dry_run:
-        return dry_run(cfg, spark, meta)
+        return dry_run(cfg, spark, meta, inputs)
     out = cfg.commodity_library
     lock = warehouse.LibraryLock(out, f"prodclf tag {cfg.mode} run {cfg.run_id}", cfg.lock_ttl_s)
     with lock.held():
-        warehouse.create_layout(out)
         manifests = roll_forward(out)
         done = next((m for m in manifests if m.get("run_id") == cfg.run_id), None)
         if done is not None:
             log.warning("run %s is already complete; nothing to do", cfg.run_id)
             finish_tables(cfg, spark, manifests, done)
             return {**done, "manifest_uri": warehouse.manifest_uri(out, cfg.run_id)}
-        manifest = tag_run(cfg, spark, meta, lock)
+        manifest = tag_run(cfg, spark, meta, lock, inputs)
         finish_tables(cfg, spark, [*manifests, manifest], manifest)
     write_report(cfg, spark, manifest)
     return manifest
 
 
-def dry_run(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, Any]:
+def dry_run(
+    cfg: TagConfig, spark: SparkSession, meta: BundleMeta, inputs: Inputs
+) -> dict[str, Any]:
     """How many products the run would tag, and why. Nothing is written, no lock taken."""
-    base, counts = read_catalog(cfg, spark)
     pointer = warehouse.read_pointer(cfg.commodity_library)
     current = tables.read_snapshot(
         spark, cfg.commodity_library, pointer.snapshot if pointer else None
     )
-    chosen = plan_selection(cfg, spark, base, current, meta.model_version)
+    chosen = plan_selection(cfg, inputs, current, meta.model_version)
     chosen.products.unpersist()
     return {
         "dry_run": True,
@@ -214,23 +225,27 @@ def dry_run(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
         "reasons": chosen.reasons,
         "unknown_product_ids": chosen.unknown_product_ids,
         "unknown_product_id_examples": chosen.unknown_examples,
-        "base_products": counts.distinct_products,
+        "base_products": inputs.counts.distinct_products,
         "current_rows": pointer.rows if pointer else 0,
         "commodity_library": normalize_location(cfg.commodity_library),
     }
 
 
 def tag_run(
-    cfg: TagConfig, spark: SparkSession, meta: BundleMeta, lock: warehouse.LibraryLock
+    cfg: TagConfig,
+    spark: SparkSession,
+    meta: BundleMeta,
+    lock: warehouse.LibraryLock,
+    inputs: Inputs,
 ) -> dict[str, Any]:
     """Steps 1-5 of one run (the caller holds the lock); returns the manifest it wrote."""
     started = _now()
     out, s3 = cfg.commodity_library, cfg.storage.spark_s3_scheme
-    base, counts = read_catalog(cfg, spark)
+    counts = inputs.counts
     pointer = warehouse.read_pointer(out)
     previous = pointer.snapshot if pointer else None
     current = tables.read_snapshot(spark, out, previous, s3)
-    chosen = plan_selection(cfg, spark, base, current, meta.model_version)
+    chosen = plan_selection(cfg, inputs, current, meta.model_version)
     log.info(
         "run %s (%s): %d product(s) to tag %s",
         cfg.run_id,
@@ -239,6 +254,7 @@ def tag_run(
         chosen.reasons,
     )
 
+    warehouse.create_layout(out)
     # Debris of a killed attempt of this very run id (it has no manifest): start clean.
     objects.delete_tree(warehouse.history_partition_uri(out, cfg.run_date, cfg.run_id))
     run = RunInfo(cfg.run_id, cfg.run_date, meta.model_name, meta.model_version, started)

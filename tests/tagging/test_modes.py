@@ -387,3 +387,20 @@ def test_vacuum_keeps_what_tags_current_points_to(
     assert sorted(tables.read_current(spark, str(out)).collect()) == sorted(current)
     runs_left = sorted(r.run_id for r in spark.read.parquet(f"{out}/runs").collect())
     assert runs_left == ["r1", "r2", "r4"]
+
+
+def test_the_report_command_rebuilds_a_runs_page(
+    spark: SparkSession, library: Library, tmp_path: Path
+) -> None:
+    from prodclf.config import ReportConfig
+    from prodclf.tagging.library import run_report
+
+    out = tmp_path / "copy"
+    shutil.copytree(library.out, out)
+    (out / "_runs" / "r2.html").unlink()
+    where = run_report(ReportConfig(commodity_library=str(out), run_id="r2"), spark)
+    assert where == f"file://{out}/_runs/r2.html"
+    page = (out / "_runs" / "r2.html").read_text()
+    assert "1 of 3 products that had an ok tag changed category (33.33%)" in page
+    with pytest.raises(Exception, match="no manifest"):
+        run_report(ReportConfig(commodity_library=str(out), run_id="nope"), spark)
