@@ -22,7 +22,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
-	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow
+	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow bench-incremental
 
 setup: $(STAMP)
 
@@ -105,6 +105,10 @@ lint: setup
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The incremental selection on 1M synthetic products (no images): bench-workdir/incremental.json.
+bench-incremental: setup
+	$(BIN)/python benchmarks/bench_incremental.py $(BENCH_ARGS)
 
 # The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
 results: setup fashion-mnist

@@ -21,11 +21,17 @@ import yaml
 
 from prodclf.errors import ConfigError, ErrorCode
 from prodclf.model.catalog import ARCHITECTURES, FUSIONS
+from prodclf.schemas import MODES
 
 T = TypeVar("T")
 J = TypeVar("J", bound="JobConfig")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Error codes an incremental run retries by default: the store or the model failed, not
+#: the image; retrying the others (not_found, undecodable_image...) needs a new image.
+RETRYABLE_CODES = (ErrorCode.FETCH_FAILED.value, ErrorCode.INFERENCE_FAILED.value)
+CATALOG_IMPLEMENTATIONS = ("hive", "in-memory")
 
 
 class Validated:
@@ -150,12 +156,24 @@ class SparkConfig(Validated):
     master: str | None = None
     app_name: str = "prodclf"
     shuffle_partitions: int | None = None
+    # The Spark SQL catalog: hive (the metastore: embedded Derby locally, the cluster's
+    # metastore or Glue in production) or in-memory. None: hive when --database is given.
+    catalog_implementation: str | None = None
+    # Embedded Derby metastore directory (local runs); None leaves it to hive-site.xml.
+    metastore_dir: str | None = None
+    # spark.sql.warehouse.dir (managed tables only; prodclf's tables are external).
+    warehouse_dir: str | None = None
     # Extra Spark properties, applied last.
     conf: tuple[tuple[str, str], ...] = ()
 
     def validate(self) -> None:
         if self.shuffle_partitions is not None:
             _positive(self, "shuffle_partitions")
+        if self.catalog_implementation not in (None, *CATALOG_IMPLEMENTATIONS):
+            raise ConfigError(
+                "spark.catalog_implementation must be hive or in-memory, "
+                f"not {self.catalog_implementation!r}"
+            )
 
 
 #: The YAML sections shared by the jobs, and the dataclass each one builds.
@@ -225,8 +243,14 @@ class JobConfig(Validated):
 
 @dataclass(frozen=True)
 class TagConfig(JobConfig):
-    """Everything ``prodclf tag`` needs. ``run_id`` defaults to ``<run_date>-<UTC time>``."""
+    """Everything ``prodclf tag`` needs. ``run_id`` defaults to ``<run_date>-<UTC time>``.
 
+    ``mode`` chooses the products: ``full`` (all), ``incremental`` (those that need a tag,
+    decided against ``tags_current``) or ``backfill`` (``products`` AND ``where`` AND
+    ``retry_errors``, each optional, at least one given).
+    """
+
+    own_section: ClassVar[str | None] = "tag"
     command: ClassVar[str] = "tag"
 
     base_library: str
@@ -235,6 +259,25 @@ class TagConfig(JobConfig):
     run_date: date
     run_id: str = ""
     mode: str = "full"
+    # backfill: a text (one id a line), CSV (a product_id column) or Parquet list of ids.
+    products: str | None = None
+    # backfill: a Spark SQL predicate over the base library's columns.
+    where: str | None = None
+    # backfill: products whose current tag is an error.
+    retry_errors: bool = False
+    # Count what would be tagged, and why; write nothing.
+    dry_run: bool = False
+    # Register tags_history, tags_current and runs in this Spark SQL database.
+    database: str | None = None
+    # incremental: a base library column whose change means a new image (image_updated_at,
+    # an etag); compared as text with what the latest attempt saw.
+    change_column: str | None = None
+    # incremental: error codes worth retrying with the same image.
+    retry_codes: tuple[str, ...] = RETRYABLE_CODES
+    # Seconds between progress lines on the driver (0: none).
+    progress_interval_s: float = 30.0
+    # The library lock's lease; the running job renews it every lock_ttl_s / 3.
+    lock_ttl_s: float = 900.0
     storage: StorageConfig = field(default_factory=StorageConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
@@ -244,10 +287,21 @@ class TagConfig(JobConfig):
         if not self.run_id:
             now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             object.__setattr__(self, "run_id", default_run_id(self.run_date, now))
+        _hive_for_database(self)
         super().__post_init__()
 
     def app_name(self) -> str:
         return f"prodclf-tag-{self.run_id}"
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The run's selection as the manifest records it."""
+        sel: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "backfill":
+            sel.update(products=self.products, where=self.where, retry_errors=self.retry_errors)
+        if self.mode == "incremental":
+            sel.update(change_column=self.change_column, retry_codes=list(self.retry_codes))
+        return sel
 
     def validate(self) -> None:
         for name in ("base_library", "commodity_library", "model"):
@@ -257,8 +311,110 @@ class TagConfig(JobConfig):
             raise ConfigError(
                 f"--run-id {self.run_id!r}: use letters, digits, '_', '.', '-' (at most 128)"
             )
-        if self.mode not in ("full",):
-            raise ConfigError(f"mode {self.mode!r} is not supported (supported: full)")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        chosen = [
+            flag
+            for flag, given in (
+                ("--products", self.products),
+                ("--where", self.where),
+                ("--retry-errors", self.retry_errors),
+            )
+            if given
+        ]
+        if self.mode == "backfill" and not chosen:
+            raise ConfigError(
+                "--mode backfill needs a selection: --products URI, --where PREDICATE "
+                "and/or --retry-errors"
+            )
+        if self.mode != "backfill" and chosen:
+            raise ConfigError(f"{', '.join(chosen)} select a backfill; add --mode backfill")
+        if self.where is not None and not self.where.strip():
+            raise ConfigError("--where is empty")
+        if self.change_column is not None and not self.change_column.strip():
+            raise ConfigError("--change-column is empty")
+        known = {c.value for c in ErrorCode}
+        bad = [c for c in self.retry_codes if c not in known]
+        if bad:
+            raise ConfigError(
+                f"retry_codes: unknown error code(s) {', '.join(bad)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        _check_database(self.database)
+        if self.progress_interval_s < 0:
+            raise ConfigError(
+                f"--progress-interval-s must not be negative, not {self.progress_interval_s}"
+            )
+        _positive(self, "lock_ttl_s")
+
+
+def _hive_for_database(cfg: Any) -> None:
+    """A database is registered in the metastore: --database turns Hive support on."""
+    spark = cfg.spark
+    if cfg.database and spark.catalog_implementation is None:
+        object.__setattr__(cfg, "spark", replace(spark, catalog_implementation="hive"))
+
+
+def _check_database(name: str | None) -> None:
+    if name is not None and not DATABASE_RE.match(name):
+        raise ConfigError(f"--database {name!r}: use letters, digits and '_' (a SQL identifier)")
+
+
+@dataclass(frozen=True)
+class LibraryConfig(JobConfig):
+    """A command on a commodity library as a whole (vacuum, migrate, report)."""
+
+    commodity_library: str
+    database: str | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def __post_init__(self) -> None:
+        _hive_for_database(self)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not self.commodity_library:
+            raise ConfigError("--commodity-library is required")
+        _check_database(self.database)
+
+
+@dataclass(frozen=True)
+class VacuumConfig(LibraryConfig):
+    """``prodclf vacuum``: history runs and manifests older than ``keep_days`` go."""
+
+    command: ClassVar[str] = "vacuum"
+
+    keep_days: int = 90
+    apply: bool = False
+    today: date | None = None  # default: today (UTC); for tests and replays
+
+    def validate(self) -> None:
+        super().validate()
+        if self.keep_days < 0:
+            raise ConfigError(f"--keep-days must not be negative, not {self.keep_days}")
+
+
+@dataclass(frozen=True)
+class MigrateConfig(LibraryConfig):
+    """``prodclf migrate``: upgrade a library of the first layout in place."""
+
+    command: ClassVar[str] = "migrate"
+
+
+@dataclass(frozen=True)
+class ReportConfig(LibraryConfig):
+    """``prodclf report``: rebuild a run's HTML report (beside its manifest, or ``out``)."""
+
+    command: ClassVar[str] = "report"
+
+    run_id: str = ""
+    out: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not RUN_ID_RE.match(self.run_id):
+            raise ConfigError(f"run id {self.run_id!r} is not a valid run id")
 
 
 def parse_run_date(text: str) -> date:

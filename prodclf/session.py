@@ -41,6 +41,7 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
     if cfg.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
     settings.update(version_settings(pyspark.__version__))
+    settings.update(catalog_settings(cfg))
     settings.update(s3a_settings(os.environ))
     if os.environ.get("PRODCLF_SPARK_JARS"):  # extra jars for a session that starts its JVM
         settings["spark.jars"] = os.environ["PRODCLF_SPARK_JARS"]  # (e.g. hadoop-aws, local)
@@ -80,3 +81,23 @@ def s3a_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
         "spark.hadoop.fs.s3a.path.style.access": "true",
         "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
     }
+
+
+def catalog_settings(cfg: SparkConfig) -> dict[str, str]:
+    """The Spark SQL catalog: Hive's metastore when asked for, else Spark's in-memory one.
+
+    With ``metastore_dir`` the embedded Derby metastore (pyspark's own jars) lives there,
+    and so does ``derby.log``: nothing is written to the working directory. Without it the
+    metastore is whatever ``hive-site.xml`` says (the cluster's metastore, or Glue).
+    """
+    settings = {"spark.sql.catalogImplementation": cfg.catalog_implementation or "in-memory"}
+    if cfg.warehouse_dir:
+        settings["spark.sql.warehouse.dir"] = cfg.warehouse_dir
+    if cfg.metastore_dir and cfg.catalog_implementation == "hive":
+        home = os.path.abspath(cfg.metastore_dir)
+        settings["spark.hadoop.javax.jdo.option.ConnectionURL"] = (
+            f"jdbc:derby:;databaseName={home}/metastore_db;create=true"
+        )
+        settings["spark.driver.extraJavaOptions"] = f"-Dderby.system.home={home}"
+        settings.setdefault("spark.sql.warehouse.dir", os.path.join(home, "warehouse"))
+    return settings

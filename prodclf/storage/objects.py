@@ -506,3 +506,90 @@ def copy_tree_from_local(src: Path, uri: str) -> None:
     ]
     for i in range(0, len(stale), 1000):
         client.delete_objects(Bucket=ref.bucket, Delete={"Objects": stale[i : i + 1000]})
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create an object only if none exists: True when created, False when one was there.
+
+    Locally ``O_CREAT | O_EXCL`` (atomic on POSIX filesystems); on S3 a conditional
+    ``PutObject`` with ``If-None-Match: *`` (S3 refuses it with 412 when the key exists).
+    """
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        path = Path(ref.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().put_object(Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise _os_error(uri, exc) from None
+    return True
+
+
+def delete(uri: str) -> None:
+    """Delete one object or file; a missing one is not an error."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        Path(ref.key).unlink(missing_ok=True)
+        return
+    s3_client().delete_object(Bucket=ref.bucket, Key=ref.key)
+
+
+def delete_tree(uri: str) -> None:
+    """Delete a directory or every object under an S3 prefix; a missing one is no error."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        shutil.rmtree(ref.key, ignore_errors=True)
+        return
+    client = s3_client()
+    keys = [{"Key": ref.key.rstrip("/") + "/" + rel} for rel, _ in list_files(uri)]
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=ref.bucket, Delete={"Objects": keys[i : i + 1000]})
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the directories (S3: common prefixes) directly below ``uri``, sorted."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        root = Path(ref.key)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+    prefix = ref.key.rstrip("/") + "/"
+    names = []
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix, Delimiter="/"):
+        for cp in page.get("CommonPrefixes", []):
+            names.append(cp["Prefix"][len(prefix) :].rstrip("/"))
+    return sorted(names)
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the objects (files) directly below ``uri``, sorted."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        root = Path(ref.key)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_file())
+    prefix = ref.key.rstrip("/") + "/"
+    names = []
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix, Delimiter="/"):
+        for obj in page.get("Contents", []):
+            names.append(obj["Key"][len(prefix) :])
+    return sorted(n for n in names if n)

@@ -59,7 +59,7 @@ def test_select_products_keeps_one_row_per_product_deterministically(spark: Spar
         ],
         "product_id string, image_uri string, title string",
     )
-    got = sorted(tuple(r) for r in base.transform(select_products, 3).collect())
+    got = sorted(tuple(r)[:2] for r in base.transform(select_products, 3).collect())
     assert got == [
         ("a", "s3://b/1"),
         ("b", None),
@@ -68,6 +68,16 @@ def test_select_products_keeps_one_row_per_product_deterministically(spark: Spar
         ("e", " "),
     ]
     assert base.transform(select_products, 3).rdd.getNumPartitions() == 3
+    assert {r.change_value for r in base.transform(select_products).collect()} == {None}
+
+
+def test_select_products_carries_the_change_column_as_text(spark: SparkSession) -> None:
+    base = spark.createDataFrame(
+        [("a", "s3://b/a", 3), ("a", "s3://b/a", 5), ("b", "s3://b/b", None)],
+        "product_id string, image_uri string, version int",
+    )
+    got = sorted(tuple(r) for r in base.transform(select_products, None, "version").collect())
+    assert got == [("a", "s3://b/a", "5"), ("b", "s3://b/b", None)]
 
 
 def test_commodity_rows_have_the_contract_schema_and_values(spark: SparkSession) -> None:
@@ -91,9 +101,11 @@ def test_commodity_rows_have_the_contract_schema_and_values(spark: SparkSession)
         "error_message": None,
         "model_name": "m",
         "model_version": "7",
-        "run_id": "r1",
         "tagged_at": datetime(2026, 11, 21, 3, 0, 0),
+        "reason": "full",
+        "change_value": None,
         "run_date": date(2026, 11, 21),
+        "run_id": "r1",
     }
     assert rows["p2"]["status"] == "error" and rows["p2"]["error_code"] == "not_found"
     assert rows["p2"]["needs_review"] is True and rows["p2"]["top_k"] is None
