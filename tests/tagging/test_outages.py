@@ -22,7 +22,7 @@ from counting_daemon import LOADS_ENV
 from faultproxy import BAD_KEY, BAD_SIGNATURE, EXPIRED, FaultProxy
 from jobproc import (
     color_products,
-    complete_run,
+    complete_runs,
     job_env,
     make_bucket,
     manifests,
@@ -34,6 +34,8 @@ from jobproc import (
     write_base,
     write_config,
 )
+
+from prodclf.storage import warehouse
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -113,11 +115,10 @@ def test_rejected_credentials_fail_the_run_before_any_spark_work(
 
 def write_prior_run(out: Path, run_id: str, products: list[str]) -> None:
     """A complete earlier run of the date, as a downstream reader sees one."""
-    part = out / f"run_date={RUN_DATE}"
+    warehouse.create_layout(str(out))
+    part = out / "tags_history" / f"run_date={RUN_DATE}" / f"run_id={run_id}"
     part.mkdir(parents=True)
-    frame = pd.DataFrame(
-        {"product_id": products, "status": "ok", "error_code": None, "run_id": run_id}
-    )
+    frame = pd.DataFrame({"product_id": products, "status": "ok", "error_code": None})
     frame.to_parquet(part / "part-00000.parquet", index=False)
     (out / "_runs").mkdir()
     (out / "_runs" / f"{run_id}.json").write_text(
@@ -147,7 +148,7 @@ def test_a_store_failing_mid_run_publishes_nothing_and_keeps_the_previous_run(
     assert "e.g. the store refused the credentials (ExpiredToken)" in line
     # Nothing was written: the earlier complete run is intact and still the one to read.
     assert tree_digest(out) == before
-    assert complete_run(out, RUN_DATE) == "prior"
+    assert complete_runs(out, RUN_DATE) == ["prior"]
     assert set(manifests(out)) == {"prior"}
     assert not staging_debris(out)
 
