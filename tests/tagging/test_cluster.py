@@ -264,7 +264,7 @@ def test_tag_job_runs_on_standalone_cluster(
         + cluster.log_tails()
     )
 
-    table = pq.read_table(commodity).to_pandas()
+    table = pq.read_table(commodity / "tags_history").to_pandas()
     got = sorted(
         ((r.product_id, r.status, r.error_code, r.category) for r in table.itertuples()),
         key=repr,

@@ -128,9 +128,11 @@ def test_tag_with_images_and_model_on_s3(
     assert any(p.suffix == ".parquet" for p in files)
     secret = TEST_SECRET.encode()
     assert [p for p in files if secret in p.read_bytes()] == []
-    # Parquet pages are compressed: look at the decoded values too.
-    table: pd.DataFrame = spark.read.parquet(str(out)).toPandas()
-    values = table.astype(str).to_numpy().ravel().tolist()
+    # Parquet pages are compressed: look at the decoded values of every table too.
+    values = []
+    for where in (out / "tags_history", out / "runs", next((out / "tags_current").glob("_v/*"))):
+        table: pd.DataFrame = spark.read.parquet(str(where)).toPandas()
+        values += table.astype(str).to_numpy().ravel().tolist()
     assert values and not [v for v in values if TEST_SECRET in v]
     captured = capfd.readouterr()
     # The capture works: the run logged, down to py4j's commands to the JVM.
