@@ -24,7 +24,7 @@ import pandas as pd
 from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
-from prodclf.model.bundle import BundleMeta
+from prodclf.model.bundle import BundleMeta, calibrate
 from prodclf.model.runtime import PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
 
@@ -70,6 +70,7 @@ def finish_batch(
             if meta.output == "logits":
                 probs = _softmax(probs)
             _check_output(probs, len(batch.ok_rows), meta.num_classes)
+            probs = calibrate(probs, meta)
         except Exception as exc:
             log.exception("inference failed on a batch of %d images", len(batch.ok_rows))
             err = RowError(ErrorCode.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}"[:300])
