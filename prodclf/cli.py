@@ -181,13 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune-learning-rate",
         type=float,
         metavar="LR",
-        help="peak head learning rate once the backbone is unfrozen (default: learning rate / 10)",
+        help="peak head learning rate once the backbone is unfrozen (default: 0.3 x learning rate)",
     )
     train.add_argument(
         "--backbone-lr-multiplier",
         type=float,
         metavar="M",
-        help="backbone learning rate = M x the head's while fine-tuning (default 0.2)",
+        help="backbone learning rate = M x the head's while fine-tuning (default 0.3)",
     )
     train.add_argument(
         "--warmup-epochs", type=int, metavar="N", help="learning-rate warm-up (default 1)"

@@ -374,11 +374,11 @@ class TrainConfig(JobConfig):
     # features computed once, unless fusion needs pixels), then `epochs` of fine-tuning.
     # None: 30 for a pretrained backbone (3 with fusion; early stopping applies), else 0.
     head_epochs: int | None = None
-    # Peak learning rate of the head while fine-tuning (default: learning_rate / 10),
+    # Peak learning rate of the head while fine-tuning (default: 0.3 x learning_rate),
     # reached after warmup_epochs and decayed to 0 by a cosine over the remaining epochs.
     fine_tune_learning_rate: float | None = None
     # The backbone's learning rate while fine-tuning is this times the head's.
-    backbone_lr_multiplier: float = 0.2
+    backbone_lr_multiplier: float = 0.3
     warmup_epochs: int = 1
     dropout: float = 0.3
     fusion: str = "none"

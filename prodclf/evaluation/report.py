@@ -370,8 +370,8 @@ def _phases_section(phases: dict[str, Any] | None) -> list[str]:
     lines += [
         "",
         f"Kept: the **{kept}** weights (best validation accuracy across both phases). "
-        "Fine-tuned weights that never beat the head-only ones on validation are discarded "
-        "unscored (n/a). Both rows are uncalibrated.",
+        "The fine-tuned row is its best epoch on validation, scored even when not kept. "
+        "Both rows are uncalibrated.",
         "",
     ]
     return lines

@@ -192,6 +192,9 @@ def epoch_logger(epochs: int) -> Any:
     return EpochLog()
 
 
+#: The head's peak learning rate while fine-tuning, as a share of ``learning_rate``.
+FINE_TUNE_RATE = 0.3
+
 #: ``class_weights: auto`` balances the loss when the largest training class has at least
 #: this many times the images of the smallest.
 SKEW_RATIO = 1.5
@@ -277,6 +280,10 @@ class FitResult:
     head_probs: Any = None
     head_truth: Any = None
     head_seconds: float = 0.0
+    # The best fine-tuned epoch's probabilities on the scored split when those weights were
+    # not kept (they never beat the head-only ones on validation), for the report.
+    fine_probs: Any = None
+    fine_truth: Any = None
     # "head_only" when fine-tuning never beat the head phase on validation.
     kept: str = "single_phase"
     class_weights: str = "none"
@@ -432,6 +439,17 @@ def fit(
             initial_value_threshold=best_value,
         )
         callbacks: list[Any] = [epoch_logger(total), checkpoint]
+        fine = checkpoint_dir / "fine_tuned.weights.h5"
+        if head_epochs:  # the best fine-tuned epoch, kept or not, to score it beside the head
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    str(fine),
+                    monitor=monitor,
+                    mode="max",
+                    save_best_only=True,
+                    save_weights_only=True,
+                )
+            )
         if cfg.early_stopping_patience:
             callbacks.append(
                 keras.callbacks.EarlyStopping(
@@ -440,7 +458,7 @@ def fit(
             )
         if head_epochs:
             share = set_trainable_fraction(model, cfg.trainable_fraction)
-            peak = cfg.fine_tune_learning_rate or cfg.learning_rate / 10
+            peak = cfg.fine_tune_learning_rate or cfg.learning_rate * FINE_TUNE_RATE
             schedule = warmup_cosine(peak, cfg.epochs * steps, cfg.warmup_epochs * steps)
             optimizer = adam_with_multipliers(
                 schedule, backbone_variables(model), cfg.backbone_lr_multiplier
@@ -478,6 +496,10 @@ def fit(
         if head_epochs and checkpoint.best is not None and best_value is not None:
             if checkpoint.best > best_value:
                 result.kept = "fine_tuned"
+            elif fine.exists():
+                model.load_weights(str(fine))
+                scored_conv = conv[scored]
+                result.fine_probs, result.fine_truth = predict_split(model, scored_conv, plan_, cfg)
         elif not head_epochs:
             result.kept = "single_phase"
     if best.exists():
@@ -718,6 +740,15 @@ def _phases(
     }
     if fitted.kept == "fine_tuned":
         tuned.update(row(final))
+    elif fitted.fine_probs is not None:
+        tuned.update(
+            row(
+                m.evaluate(
+                    m.scored_from_probabilities(fitted.fine_probs, fitted.fine_truth, classes, k=k),
+                    target_precision=cfg.target_precision,
+                )
+            )
+        )
     return {
         "head_only": {
             **row(head),
@@ -725,8 +756,7 @@ def _phases(
             "epochs": int(sum(1 for p in fitted.history["phase"] if p == 1)),
             "seconds": round(fitted.head_seconds, 1),
         },
-        # Scored only when kept: fine-tuned weights that never beat the head-only ones on
-        # validation are discarded.
+        # The best fine-tuned epoch, scored even when its weights were not kept.
         "fine_tuned": tuned,
         "kept": fitted.kept,
     }
