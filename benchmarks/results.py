@@ -100,6 +100,12 @@ VARIANTS = (
         GROCERY_LITE0,
     ),
     Variant(
+        "grocery_efficientnet_lite0_no_augmentation",
+        "grocery",
+        "the same, no augmentation and no noise (one arm of the augmentation ablation, 1 seed)",
+        {**GROCERY_LITE0, "augmentation": "none", "noise": False},
+    ),
+    Variant(
         "grocery_pretrained",
         "grocery",
         "MobileNet v1 0.25 ImageNet weights, 75% trainable, dropout 0.3, augmentation + noise",
