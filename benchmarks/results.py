@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -356,6 +357,8 @@ def markdown(
     for r in results:
         lines += [f"- `{r['variant']}` ({r['test_images']} test images):", "", "  ```"]
         lines += [f"  {r['command']}", "  ```", ""]
+        if r.get("curves"):
+            lines += [f"  ![learning curves of {r['variant']}]({r['curves']})", ""]
     for section in earlier or []:
         lines += [f"## {section['title']}", "", *section["text"], ""]
         lines += [
@@ -384,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated variant names (default: all)")
     p.add_argument("--data-dir", default=fashion_mnist.DEFAULT_DATA_DIR)
     p.add_argument("--master", default="local[*]")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: rewrite the table from <workdir>/results.json",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -401,10 +409,12 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    spark = create_session(SparkConfig(master=args.master, app_name="prodclf-results"))
+    spark = None
+    if not args.table_only:
+        spark = create_session(SparkConfig(master=args.master, app_name="prodclf-results"))
     saved = workdir / "results.json"
     previous = {r["variant"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
-    for v in chosen:
+    for v in [] if args.table_only else chosen:
         library = (
             fashion_mnist_library(workdir, args.data_dir)
             if v.dataset == "fashion_mnist"
@@ -421,6 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         "machine": f"{platform.machine()}, {_cores()} CPU cores, Python {platform.python_version()}"
     }
+    for r in ordered:  # the learning curves beside the table (head only, then fine-tuning)
+        png = Path(r["bundle"]) / "report" / "learning_curves.png"
+        if png.exists():
+            target = Path(args.out).parent / "results" / f"{r['variant']}-learning-curves.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
+            r["curves"] = os.path.relpath(target, Path(args.out).parent)
     earlier = json.loads(HISTORY.read_text()) if HISTORY.exists() else []
     text = markdown(ordered, env, earlier)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -194,15 +194,6 @@ def plot_learning_curves(history: dict[str, list[float]], path: Path) -> Path:
     for ax in axes:
         for x in starts:
             ax.axvline(x - 0.5, color="black", linestyle=":", linewidth=1)
-    if starts:
-        axes[0].annotate(
-            "head only | fine-tuning",
-            xy=(starts[0] - 0.5, 1.0),
-            xycoords=("data", "axes fraction"),
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
     axes[0].set_title(
         "Learning curves (dotted: backbone unfrozen)" if starts else "Learning curves"
     )
