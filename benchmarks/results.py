@@ -322,7 +322,8 @@ def _num(x: float | None, digits: int = 3) -> str:
 def markdown(
     results: list[dict[str, Any]],
     env: dict[str, Any],
-    earlier: list[dict[str, Any]] = (),  # type: ignore[assignment]
+    earlier: list[dict[str, Any]] | None = None,
+    missing: list[str] | None = None,
 ) -> str:
     lines = [
         "# Results on real data",
@@ -353,6 +354,12 @@ def markdown(
             f"{r['epochs_run']} ({r['best_epoch']}) | {str(r.get('kept', '')).replace('_', ' ')} "
             f"| {r['total_seconds'] / 60:.1f} |"
         )
+    if missing:
+        lines += [
+            "",
+            "Defined in `benchmarks/results.py` but not measured for this table (run them with "
+            f"`make results RESULTS_ARGS=--only=NAME`): {', '.join(f'`{m}`' for m in missing)}.",
+        ]
     lines += ["", "## Commands", ""]
     for r in results:
         lines += [f"- `{r['variant']}` ({r['test_images']} test images):", "", "  ```"]
@@ -439,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.copyfile(png, target)
             r["curves"] = os.path.relpath(target, Path(args.out).parent)
     earlier = json.loads(HISTORY.read_text()) if HISTORY.exists() else []
-    text = markdown(ordered, env, earlier)
+    missing = [v.name for v in VARIANTS if v.name not in previous]
+    text = markdown(ordered, env, earlier, missing)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
     print(text)
