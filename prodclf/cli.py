@@ -22,12 +22,16 @@ from prodclf.config import (
     CLASS_WEIGHTS,
     EvaluateConfig,
     JobConfig,
+    MigrateConfig,
+    ReportConfig,
     TagConfig,
     TrainConfig,
+    VacuumConfig,
     load_yaml,
 )
 from prodclf.errors import ProdclfError
 from prodclf.model.catalog import ARCHITECTURES, FUSIONS
+from prodclf.schemas import MODES
 
 EXIT_REFUSED = 2
 
@@ -53,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tag = sub.add_parser(
         "tag",
-        help="tag every product of the base library (nightly full reclassification)",
-        description="Classify every product image of the base library and write one run "
-        "(partition run_date) into the commodity library, then its manifest.",
+        help="tag the products of the base library (full, incremental or backfill run)",
+        description="Classify product images of the base library (all of them, the ones "
+        "that need a tag, or an explicit selection), write the run into the commodity "
+        "library's tags_history, update tags_current, then write the run's manifest.",
     )
     tag.add_argument(
         "--base-library",
@@ -77,6 +82,39 @@ def build_parser() -> argparse.ArgumentParser:
         help="the partition this run writes (a rerun replaces it)",
     )
     tag.add_argument("--run-id", metavar="ID", help="default: <run-date>-<UTC time>")
+    tag.add_argument(
+        "--mode",
+        choices=MODES,
+        help="full (every product, the default), incremental (new, changed, untagged by "
+        "this model, retryable errors) or backfill (--products/--where/--retry-errors)",
+    )
+    tag.add_argument(
+        "--products", metavar="URI", help="backfill: a .txt, .csv or Parquet list of product ids"
+    )
+    tag.add_argument(
+        "--where", metavar="PREDICATE", help="backfill: Spark SQL over the base library's columns"
+    )
+    tag.add_argument(
+        "--retry-errors",
+        action="store_true",
+        default=None,
+        help="backfill: the products whose current tag is an error",
+    )
+    tag.add_argument(
+        "--dry-run",
+        action="store_true",
+        default=None,
+        help="count the products that would be tagged, by reason; write nothing",
+    )
+    tag.add_argument(
+        "--change-column",
+        metavar="NAME",
+        help="incremental: a base library column whose change means a new image",
+    )
+    tag.add_argument(
+        "--database", metavar="NAME", help="register the tables in this Spark SQL database"
+    )
+    tag.add_argument("--progress-interval-s", type=float, metavar="S", help="default 30")
     _common(tag)
     tag.add_argument("--top-k", type=int, metavar="K", help="categories kept per product")
     tag.add_argument(
@@ -91,6 +129,19 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         metavar="N",
         help="concurrent object fetches per Python worker",
+    )
+    tag.add_argument(
+        "--max-error-rate",
+        type=float,
+        metavar="F",
+        help="fail the run (exit 3, nothing published) when more than this share of "
+        "products are error rows (default 0.5)",
+    )
+    tag.add_argument(
+        "--min-error-rows",
+        type=int,
+        metavar="N",
+        help="error-rate limits apply from this many error rows on (default 10)",
     )
 
     train = sub.add_parser(
@@ -251,6 +302,59 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common(ev)
 
+    runs = sub.add_parser(
+        "runs",
+        help="list a commodity library's runs (complete, incomplete, running)",
+        description="One line per run: date, id, mode, model, products, ok, errors by "
+        "code, needs_review, images/s and whether it is complete. Needs no Spark.",
+    )
+    runs.add_argument("--commodity-library", required=True, metavar="URI")
+    runs.add_argument("--limit", type=int, default=50, metavar="N", help="newest N (50)")
+    runs.add_argument("--json", action="store_true", help="the manifests as JSON")
+
+    report = sub.add_parser(
+        "report",
+        help="rebuild a run's HTML report",
+        description="Recompute a complete run's report (categories, confidence, errors, "
+        "throughput, category churn) and write it beside its manifest (or to --out).",
+    )
+    report.add_argument("run_id", metavar="RUN_ID")
+    report.add_argument("--commodity-library", required=True, metavar="URI")
+    report.add_argument("--out", metavar="URI", help="default: _runs/<run_id>.html")
+    _common(report)
+
+    vacuum = sub.add_parser(
+        "vacuum",
+        help="remove old history runs and manifests (a dry run unless --apply)",
+        description="Plan the removal of the runs dated before today - N days (never "
+        "one that tags_current points to), of older tags_current snapshots and of "
+        "incomplete runs' rows; --apply removes them.",
+    )
+    vacuum.add_argument("--commodity-library", required=True, metavar="URI")
+    vacuum.add_argument("--keep-days", type=int, required=True, metavar="N")
+    vacuum.add_argument("--apply", action="store_true", default=None, help="remove them")
+    vacuum.add_argument("--database", metavar="NAME", help="also update this database's tables")
+    _common(vacuum)
+
+    migrate = sub.add_parser(
+        "migrate",
+        help="upgrade a commodity library of the first layout (run_date partitions at the root)",
+        description="Move each date's complete run into tags_history, build tags_current "
+        "and the runs table, mark the new layout, then remove the old partitions.",
+    )
+    migrate.add_argument("--commodity-library", required=True, metavar="URI")
+    migrate.add_argument("--database", metavar="NAME", help="register the tables here")
+    _common(migrate)
+
+    unlock = sub.add_parser(
+        "unlock",
+        help="clear a stale lock of a commodity library",
+        description="Remove the library's _lock.json when its lease expired or its process "
+        "is gone from this host; --force removes a lock that looks alive.",
+    )
+    unlock.add_argument("--commodity-library", required=True, metavar="URI")
+    unlock.add_argument("--force", action="store_true", help="remove even a live-looking lock")
+
     demo = sub.add_parser(
         "demo",
         help="end-to-end demo on Fashion-MNIST with local Spark and a local object store",
@@ -289,6 +393,9 @@ CONFIGS: dict[str, type[JobConfig]] = {
     "tag": TagConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
+    "report": ReportConfig,
+    "vacuum": VacuumConfig,
+    "migrate": MigrateConfig,
 }
 
 
@@ -302,7 +409,7 @@ def _run(cfg: JobConfig, preflight: Any, run: Any, arrow_batch_size: int = 256) 
     from prodclf.session import create_session
 
     checked = preflight(cfg)
-    spark = create_session(cfg.spark, arrow_batch_size)  # type: ignore[attr-defined]
+    spark = create_session(cfg.spark, arrow_batch_size)
     return run(cfg, spark, checked)
 
 
@@ -351,6 +458,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    from prodclf.tagging.library import list_runs, runs_table_text
+
+    runs = list_runs(args.commodity_library)[: max(0, args.limit)]
+    if args.json:
+        _print(runs)
+    else:
+        print(runs_table_text(runs))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from prodclf.tagging.library import library_preflight, run_report
+
+    cfg: ReportConfig = build_config(args)
+    _print({"run_id": cfg.run_id, "report": _run(cfg, library_preflight, run_report)})
+    return 0
+
+
+def cmd_vacuum(args: argparse.Namespace) -> int:
+    from prodclf.tagging.library import library_preflight, run_vacuum
+
+    cfg: VacuumConfig = build_config(args)
+    _print(_run(cfg, library_preflight, run_vacuum))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from prodclf.tagging.library import migrate_preflight, run_migrate
+
+    cfg: MigrateConfig = build_config(args)
+    _print(_run(cfg, migrate_preflight, run_migrate))
+    return 0
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    from prodclf.tagging.library import unlock
+
+    print(unlock(args.commodity_library, args.force))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from prodclf.demo import DemoOptions, run_demo
 
@@ -369,6 +518,11 @@ COMMANDS = {
     "tag": cmd_tag,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
+    "runs": cmd_runs,
+    "report": cmd_report,
+    "vacuum": cmd_vacuum,
+    "migrate": cmd_migrate,
+    "unlock": cmd_unlock,
     "demo": cmd_demo,
 }
 
@@ -384,5 +538,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ProdclfError as exc:
+        # One line; 2: refused before any work, 3: the run failed and published nothing.
         print(f"prodclf: error: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
+        return exc.exit_code

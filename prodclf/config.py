@@ -15,17 +15,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import yaml
 
-from prodclf.errors import ConfigError
+from prodclf.errors import ConfigError, ErrorCode
 from prodclf.model.catalog import ARCHITECTURES, CUSTOM, FUSIONS
+from prodclf.schemas import MODES
 
 T = TypeVar("T")
 J = TypeVar("J", bound="JobConfig")
 
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+DATABASE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+#: Error codes an incremental run retries by default: the store or the model failed, not
+#: the image; retrying the others (not_found, undecodable_image...) needs a new image.
+RETRYABLE_CODES = (ErrorCode.FETCH_FAILED.value, ErrorCode.INFERENCE_FAILED.value)
+CATALOG_IMPLEMENTATIONS = ("hive", "in-memory")
 
 
 class Validated:
@@ -55,11 +61,15 @@ class StorageConfig(Validated):
     max_attempts: int = 5
     # Concurrent object fetches (and decodes) per Python worker: hides storage latency.
     fetch_concurrency: int = 16
+    # Memory per Python worker for images being decoded (compressed input + estimated
+    # working pixels): large images wait for their share instead of decoding all at once.
+    decode_memory_bytes: int = 512 * 1024 * 1024
     # Spark reads/writes Parquet on S3 through Hadoop's s3a connector.
     spark_s3_scheme: str = "s3a"
 
     def validate(self) -> None:
         _positive(self, "max_object_bytes", "max_pixels", "max_attempts", "fetch_concurrency")
+        _positive(self, "decode_memory_bytes")
         _positive(self, "connect_timeout_s", "read_timeout_s", "fetch_deadline_s")
         if self.retry_mode not in ("legacy", "standard", "adaptive"):
             raise ConfigError(
@@ -95,18 +105,75 @@ class InferenceConfig(Validated):
 
 
 @dataclass(frozen=True)
+class ChecksConfig(Validated):
+    """When a run as a whole has failed: judged before anything is published.
+
+    A run fails (exit 3, nothing written) when more than ``max_error_rate`` of its
+    products are error rows, or more than a code's limit in ``max_code_rates`` carry that
+    code, provided at least ``min_error_rows`` rows are concerned (so a tiny catalog is not
+    judged on a handful of rows).
+    """
+
+    max_error_rate: float = 0.5
+    min_error_rows: int = 10
+    # error code -> largest tolerated share of products; the store failing as a whole and
+    # prodclf's own bugs are not a matter of individual products.
+    max_code_rates: tuple[tuple[str, float], ...] = (
+        ("store_unavailable", 0.0),
+        ("internal_error", 0.01),
+    )
+    # Sample objects of the catalog fetched before any Spark work (0: no probe).
+    probe_objects: int = 3
+
+    def validate(self) -> None:
+        if not 0.0 <= self.max_error_rate <= 1.0:
+            raise ConfigError(
+                f"checks.max_error_rate must be within [0, 1], not {self.max_error_rate}"
+            )
+        if self.min_error_rows < 1:
+            raise ConfigError(f"checks.min_error_rows must be positive, not {self.min_error_rows}")
+        if self.probe_objects < 0:
+            raise ConfigError(f"checks.probe_objects must be >= 0, not {self.probe_objects}")
+        codes = {c.value for c in ErrorCode}
+        rates = []
+        for code, rate in self.max_code_rates:
+            if code not in codes:
+                raise ConfigError(f"checks.max_code_rates: unknown error code {code!r}")
+            try:
+                value = float(rate)
+            except ValueError:
+                raise ConfigError(f"checks.max_code_rates.{code}: expected a number") from None
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"checks.max_code_rates.{code} must be within [0, 1]")
+            rates.append((code, value))
+        object.__setattr__(self, "max_code_rates", tuple(rates))
+
+
+@dataclass(frozen=True)
 class SparkConfig(Validated):
     """Where the session runs. ``master=None`` leaves it to spark-submit (or local[*])."""
 
     master: str | None = None
     app_name: str = "prodclf"
     shuffle_partitions: int | None = None
+    # The Spark SQL catalog: hive (the metastore: embedded Derby locally, the cluster's
+    # metastore or Glue in production) or in-memory. None: hive when --database is given.
+    catalog_implementation: str | None = None
+    # Embedded Derby metastore directory (local runs); None leaves it to hive-site.xml.
+    metastore_dir: str | None = None
+    # spark.sql.warehouse.dir (managed tables only; prodclf's tables are external).
+    warehouse_dir: str | None = None
     # Extra Spark properties, applied last.
     conf: tuple[tuple[str, str], ...] = ()
 
     def validate(self) -> None:
         if self.shuffle_partitions is not None:
             _positive(self, "shuffle_partitions")
+        if self.catalog_implementation not in (None, *CATALOG_IMPLEMENTATIONS):
+            raise ConfigError(
+                "spark.catalog_implementation must be hive or in-memory, "
+                f"not {self.catalog_implementation!r}"
+            )
 
 
 #: The YAML sections shared by the jobs, and the dataclass each one builds.
@@ -114,6 +181,7 @@ SECTIONS: dict[str, type[Validated]] = {
     "storage": StorageConfig,
     "inference": InferenceConfig,
     "spark": SparkConfig,
+    "checks": ChecksConfig,
 }
 
 
@@ -126,6 +194,8 @@ class JobConfig(Validated):
 
     own_section: ClassVar[str | None] = None
     command: ClassVar[str] = ""
+    if TYPE_CHECKING:  # every job has a ``spark`` section (a dataclass field of the subclass)
+        spark: SparkConfig
 
     def __post_init__(self) -> None:
         spark = getattr(self, "spark", None)
@@ -173,8 +243,14 @@ class JobConfig(Validated):
 
 @dataclass(frozen=True)
 class TagConfig(JobConfig):
-    """Everything ``prodclf tag`` needs. ``run_id`` defaults to ``<run_date>-<UTC time>``."""
+    """Everything ``prodclf tag`` needs. ``run_id`` defaults to ``<run_date>-<UTC time>``.
 
+    ``mode`` chooses the products: ``full`` (all), ``incremental`` (those that need a tag,
+    decided against ``tags_current``) or ``backfill`` (``products`` AND ``where`` AND
+    ``retry_errors``, each optional, at least one given).
+    """
+
+    own_section: ClassVar[str | None] = "tag"
     command: ClassVar[str] = "tag"
 
     base_library: str
@@ -183,18 +259,49 @@ class TagConfig(JobConfig):
     run_date: date
     run_id: str = ""
     mode: str = "full"
+    # backfill: a text (one id a line), CSV (a product_id column) or Parquet list of ids.
+    products: str | None = None
+    # backfill: a Spark SQL predicate over the base library's columns.
+    where: str | None = None
+    # backfill: products whose current tag is an error.
+    retry_errors: bool = False
+    # Count what would be tagged, and why; write nothing.
+    dry_run: bool = False
+    # Register tags_history, tags_current and runs in this Spark SQL database.
+    database: str | None = None
+    # incremental: a base library column whose change means a new image (image_updated_at,
+    # an etag); compared as text with what the latest attempt saw.
+    change_column: str | None = None
+    # incremental: error codes worth retrying with the same image.
+    retry_codes: tuple[str, ...] = RETRYABLE_CODES
+    # Seconds between progress lines on the driver (0: none).
+    progress_interval_s: float = 30.0
+    # The library lock's lease; the running job renews it every lock_ttl_s / 3.
+    lock_ttl_s: float = 900.0
     storage: StorageConfig = field(default_factory=StorageConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
 
     def __post_init__(self) -> None:
         if not self.run_id:
             now = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
             object.__setattr__(self, "run_id", default_run_id(self.run_date, now))
+        _hive_for_database(self)
         super().__post_init__()
 
     def app_name(self) -> str:
         return f"prodclf-tag-{self.run_id}"
+
+    @property
+    def selection(self) -> dict[str, Any]:
+        """The run's selection as the manifest records it."""
+        sel: dict[str, Any] = {"mode": self.mode}
+        if self.mode == "backfill":
+            sel.update(products=self.products, where=self.where, retry_errors=self.retry_errors)
+        if self.mode == "incremental":
+            sel.update(change_column=self.change_column, retry_codes=list(self.retry_codes))
+        return sel
 
     def validate(self) -> None:
         for name in ("base_library", "commodity_library", "model"):
@@ -204,8 +311,110 @@ class TagConfig(JobConfig):
             raise ConfigError(
                 f"--run-id {self.run_id!r}: use letters, digits, '_', '.', '-' (at most 128)"
             )
-        if self.mode not in ("full",):
-            raise ConfigError(f"mode {self.mode!r} is not supported (supported: full)")
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        chosen = [
+            flag
+            for flag, given in (
+                ("--products", self.products),
+                ("--where", self.where),
+                ("--retry-errors", self.retry_errors),
+            )
+            if given
+        ]
+        if self.mode == "backfill" and not chosen:
+            raise ConfigError(
+                "--mode backfill needs a selection: --products URI, --where PREDICATE "
+                "and/or --retry-errors"
+            )
+        if self.mode != "backfill" and chosen:
+            raise ConfigError(f"{', '.join(chosen)} select a backfill; add --mode backfill")
+        if self.where is not None and not self.where.strip():
+            raise ConfigError("--where is empty")
+        if self.change_column is not None and not self.change_column.strip():
+            raise ConfigError("--change-column is empty")
+        known = {c.value for c in ErrorCode}
+        bad = [c for c in self.retry_codes if c not in known]
+        if bad:
+            raise ConfigError(
+                f"retry_codes: unknown error code(s) {', '.join(bad)} "
+                f"(known: {', '.join(sorted(known))})"
+            )
+        _check_database(self.database)
+        if self.progress_interval_s < 0:
+            raise ConfigError(
+                f"--progress-interval-s must not be negative, not {self.progress_interval_s}"
+            )
+        _positive(self, "lock_ttl_s")
+
+
+def _hive_for_database(cfg: Any) -> None:
+    """A database is registered in the metastore: --database turns Hive support on."""
+    spark = cfg.spark
+    if cfg.database and spark.catalog_implementation is None:
+        object.__setattr__(cfg, "spark", replace(spark, catalog_implementation="hive"))
+
+
+def _check_database(name: str | None) -> None:
+    if name is not None and not DATABASE_RE.match(name):
+        raise ConfigError(f"--database {name!r}: use letters, digits and '_' (a SQL identifier)")
+
+
+@dataclass(frozen=True)
+class LibraryConfig(JobConfig):
+    """A command on a commodity library as a whole (vacuum, migrate, report)."""
+
+    commodity_library: str
+    database: str | None = None
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def __post_init__(self) -> None:
+        _hive_for_database(self)
+        super().__post_init__()
+
+    def validate(self) -> None:
+        if not self.commodity_library:
+            raise ConfigError("--commodity-library is required")
+        _check_database(self.database)
+
+
+@dataclass(frozen=True)
+class VacuumConfig(LibraryConfig):
+    """``prodclf vacuum``: history runs and manifests older than ``keep_days`` go."""
+
+    command: ClassVar[str] = "vacuum"
+
+    keep_days: int = 90
+    apply: bool = False
+    today: date | None = None  # default: today (UTC); for tests and replays
+
+    def validate(self) -> None:
+        super().validate()
+        if self.keep_days < 0:
+            raise ConfigError(f"--keep-days must not be negative, not {self.keep_days}")
+
+
+@dataclass(frozen=True)
+class MigrateConfig(LibraryConfig):
+    """``prodclf migrate``: upgrade a library of the first layout in place."""
+
+    command: ClassVar[str] = "migrate"
+
+
+@dataclass(frozen=True)
+class ReportConfig(LibraryConfig):
+    """``prodclf report``: rebuild a run's HTML report (beside its manifest, or ``out``)."""
+
+    command: ClassVar[str] = "report"
+
+    run_id: str = ""
+    out: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if not RUN_ID_RE.match(self.run_id):
+            raise ConfigError(f"run id {self.run_id!r} is not a valid run id")
 
 
 def parse_run_date(text: str) -> date:

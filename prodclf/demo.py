@@ -10,9 +10,14 @@ manifest. Layout of ``--workdir``::
     libraries/training/                    base library with labels (training input)
     libraries/catalog/                     base library to tag (no labels; 2 broken rows)
     libraries/catalog_truth/               the catalog's known labels, for scoring only
+    libraries/catalog_next/                the catalog a day later: a few products changed
     label_map.json                         class name -> Google Product Taxonomy id
     models/fashion-cnn/                    the model bundle
-    commodity/                             the commodity library the tagging job writes
+    commodity/                             the commodity library the tagging job writes:
+                                           tags_history/, tags_current/, runs/, _runs/
+
+Each demo run tags the catalog twice: a ``full`` run, then an ``incremental`` run over
+``catalog_next`` that tags only the products the demo changed (new photos, new products).
 
 A second run reuses the images, libraries and model. Each stage writes a ``_DONE``-style
 marker last, holding the parameters it was built with, so an interrupted stage (or one
@@ -50,6 +55,9 @@ DATA_FORMAT = 1  # bump when the demo's images or libraries change shape
 MODEL_NAME = "fashion-mnist-cnn"
 CORRUPT_ID = "sku-broken-corrupt"
 MISSING_ID = "sku-broken-missing"
+#: What changes between the catalog and catalog_next: new photos, and new products.
+CHANGED_PHOTOS = 5
+NEW_PRODUCTS = 3
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,10 @@ class Layout:
     @property
     def truth(self) -> Path:
         return self.libraries / "catalog_truth"
+
+    @property
+    def catalog_next(self) -> Path:
+        return self.libraries / "catalog_next"
 
     @property
     def label_map(self) -> Path:
@@ -187,6 +199,8 @@ def build_libraries(
     marker = layout.libraries / "_DONE"
     if is_done(marker, params):
         log.info("reusing the demo base libraries under %s", layout.libraries)
+        if not layout.catalog_next.exists():  # a workdir from before incremental runs
+            write_catalog_next(layout, opts)
         return params
     marker.unlink(missing_ok=True)
     names = fashion_mnist.CLASS_NAMES
@@ -223,9 +237,34 @@ def build_libraries(
             "label_id": [fashion_mnist.TAXONOMY_IDS[names[c]] for c in test_labels],
         },
     )
+    write_catalog_next(layout, opts)
     mark_done(marker, params)
     log.info("wrote the base libraries under %s", layout.libraries)
     return params
+
+
+def write_catalog_next(layout: Layout, opts: DemoOptions) -> None:
+    """The catalog a day later: the first products have new photos (another catalog
+    image each), and a few products are new. The rest is unchanged."""
+    n = opts.catalog_size
+    uri = layout.images.resolve().as_uri()
+    ids = [f"sku-{i:05d}" for i in range(n)]
+    changed = min(CHANGED_PHOTOS, n)
+    image = [f"{uri}/catalog/{i}.png" for i in range(n)]
+    for i in range(changed):
+        image[i] = f"{uri}/catalog/{(i + changed) % n}.png"
+    new_ids = [f"sku-new-{i}" for i in range(NEW_PRODUCTS)]
+    write_string_table(
+        layout.catalog_next,
+        {
+            "product_id": [*ids, CORRUPT_ID, MISSING_ID, *new_ids],
+            "title": [f"Demo product {i}" for i in range(n)]
+            + ["Broken product (corrupt image)", "Broken product (missing image)"]
+            + [f"New product {i}" for i in range(NEW_PRODUCTS)],
+            "image_uri": [*image, f"{uri}/catalog/corrupt.png", f"{uri}/catalog/missing.png"]
+            + [f"{uri}/catalog/{(i + 2 * changed) % n}.png" for i in range(NEW_PRODUCTS)],
+        },
+    )
 
 
 # --- stage 3: the model -----------------------------------------------------------------
@@ -272,18 +311,30 @@ def train_model(
 # --- stage 4: tagging and scoring -------------------------------------------------------
 
 
-def tag_catalog(layout: Layout, spark: Any, master: str | None) -> dict[str, Any]:
-    """One tagging run over the catalog, for today's date (a rerun replaces the partition)."""
+def tag_catalog(
+    layout: Layout, spark: Any, master: str | None, mode: str = "full"
+) -> dict[str, Any]:
+    """One tagging run for today's date: ``full`` over the catalog, or ``incremental``
+    over the catalog a day later (only what changed is tagged)."""
+    from prodclf.storage import warehouse
     from prodclf.tagging.job import run_tag, tag_preflight
 
+    if warehouse.layout_of(str(layout.commodity)) == warehouse.LAYOUT_V1:
+        from prodclf.config import MigrateConfig
+        from prodclf.tagging.library import run_migrate
+
+        log.info("upgrading the demo's commodity library to the current layout")
+        run_migrate(MigrateConfig(commodity_library=str(layout.commodity)), spark)
     now = datetime.now(timezone.utc)
     run_date = now.date()
+    stamp = now.strftime("%Y%m%dT%H%M%S%fZ")
     cfg = TagConfig(
-        base_library=str(layout.catalog),
+        base_library=str(layout.catalog if mode == "full" else layout.catalog_next),
         commodity_library=str(layout.commodity),
         model=str(layout.model),
         run_date=run_date,
-        run_id=default_run_id(run_date, now.strftime("%Y%m%dT%H%M%SZ")),
+        run_id=default_run_id(run_date, stamp) + ("" if mode == "full" else "-incremental"),
+        mode=mode,
         spark=SparkConfig(master=master or "local[*]", app_name="prodclf-demo"),
     )
     meta = tag_preflight(cfg)
@@ -337,6 +388,7 @@ def print_summary(
     meta: BundleMeta,
     trained: bool,
     seconds: float,
+    incremental: dict[str, Any] | None = None,
 ) -> None:
     errors = manifest["errors"]
     by_code = ", ".join(f"{code} {n}" for code, n in errors.items()) or "none"
@@ -357,8 +409,23 @@ def print_summary(
         f"  images per second  {manifest['images_per_second']}",
         f"  needs_review       {manifest['needs_review']} ok products below the review "
         f"threshold, plus the {manifest['error_rows']} error rows",
-        f"  commodity library  {manifest['commodity_library']} (run_date={manifest['run_date']})",
-        f"  run manifest       {manifest['manifest_uri']}",
+        f"  full run           {manifest['run_id']}: manifest {manifest['manifest_uri']}",
+    ]
+    if incremental is not None:
+        reasons = ", ".join(f"{k} {v}" for k, v in incremental["reasons"].items()) or "none"
+        lines.append(
+            f"  incremental run    {incremental['run_id']}: tagged {incremental['products_in']} "
+            f"of {incremental['base_products']} products ({reasons}), "
+            f"{incremental['ok']} ok"
+        )
+    root = manifest["commodity_library"]
+    lines += [
+        f"  commodity library  {root}",
+        f"    tags_history     {root}/tags_history (run_date=/run_id= partitions)",
+        f"    tags_current     {root}/tags_current (current snapshot: "
+        f"{root}/{(incremental or manifest)['current_snapshot']})",
+        f"    runs             {root}/runs (or: prodclf runs --commodity-library {root})",
+        f"    report           {(incremental or manifest)['report_uri']}",
         f"  workdir            {layout.root} (a second run reuses images, libraries, model)",
     ]
     print("\n".join(lines), flush=True)
@@ -406,8 +473,10 @@ def run_demo(opts: DemoOptions) -> int:
         meta, trained = train_model(layout, opts, spark, libraries)
         manifest = tag_catalog(layout, spark, opts.master)
         scores = demo_accuracy(layout, spark, manifest)
+        incremental = tag_catalog(layout, spark, opts.master, mode="incremental")
     finally:
         if owned:
             spark.stop()
-    print_summary(layout, manifest, scores, meta, trained, time.perf_counter() - t0)
+    seconds = time.perf_counter() - t0
+    print_summary(layout, manifest, scores, meta, trained, seconds, incremental)
     return EXIT_OK

@@ -15,6 +15,24 @@ from enum import Enum
 class ProdclfError(Exception):
     """A refusal: the command cannot start. ``str(err)`` is the one-line message."""
 
+    #: The process exit status of a command that stops with this error.
+    exit_code = 2
+
+
+class RunFailed(ProdclfError):
+    """The run failed as a whole and published nothing (no manifest, no partition change).
+
+    A systemic failure, not a product's: the image store is down or refuses the
+    credentials, implausibly many products failed, or the written rows do not read back
+    as the manifest would promise. Rerun once the cause is fixed.
+    """
+
+    exit_code = 3
+
+
+class StoreUnavailable(RunFailed):
+    """The image store cannot be used at all (unreachable, credentials refused)."""
+
 
 class ConfigError(ProdclfError):
     """A bad argument or configuration value."""
@@ -68,6 +86,8 @@ class ErrorCode(str, Enum):
     UNDECODABLE_IMAGE = "undecodable_image"
     IMAGE_TOO_LARGE = "image_too_large"
     INFERENCE_FAILED = "inference_failed"
+    STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"
 
 
 ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
@@ -85,8 +105,13 @@ ERROR_CODE_MEANINGS: dict[ErrorCode, str] = {
     "corrupt, HTML/PDF/text, unknown format)",
     ErrorCode.IMAGE_TOO_LARGE: "declared dimensions exceed storage.max_pixels "
     "(decompression-bomb guard); pixels were never decoded",
-    ErrorCode.INFERENCE_FAILED: "the model raised on this batch; every product of the batch "
-    "gets this code",
+    ErrorCode.INFERENCE_FAILED: "the model raised (or answered with the wrong shape) on this "
+    "product: a failing batch is retried in halves until the failing products are isolated",
+    ErrorCode.STORE_UNAVAILABLE: "the store as a whole could not be used (connection refused, "
+    "DNS failure, credentials refused: InvalidAccessKeyId, SignatureDoesNotMatch, "
+    "ExpiredToken...); a store-wide failure, not this product's, judged by checks.max_code_rates",
+    ErrorCode.INTERNAL_ERROR: "an unexpected exception in prodclf (its type is in the message), "
+    "including running out of memory while decoding",
 }
 
 

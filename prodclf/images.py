@@ -13,11 +13,14 @@ model's input size, which is several times cheaper than a full decode.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -68,13 +71,71 @@ class PreprocessSpec:
             raise ValueError(f"scale must be one of {SCALES}, not {self.scale!r}")
 
 
+class DecodeBudget:
+    """Bytes a Python worker may hold for images being decoded: input plus pixels.
+
+    Each decode reserves its compressed input and an estimate of its working pixels
+    (``decode_cost``) before any pixel is decoded, and waits while the reservations of
+    the decodes in progress would exceed ``limit``; one image larger than the whole
+    budget runs alone. So ``fetch_concurrency`` large images are decoded one after the
+    other, not all at once.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def hold(self, nbytes: int) -> Iterator[None]:
+        n = min(max(nbytes, 0), self.limit)
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + n <= self.limit)
+            self.used += n
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= n
+                self._cond.notify_all()
+
+
+@lru_cache(maxsize=4)
+def worker_budget(limit: int) -> DecodeBudget:
+    """The Python worker's one budget for ``limit`` (shared by all its decoding threads)."""
+    return DecodeBudget(limit)
+
+
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+
+
+def decode_cost(img: Image.Image) -> int:
+    """Bytes a decode of ``img`` (opened, draft applied) may hold at its peak, estimated.
+
+    The decoded image, one converted or transposed copy and the output; 16-bit and float
+    images go through 64-bit numpy working arrays (see ``to_mode``).
+    """
+    width, height = img.size
+    per_pixel = 32 if img.mode in _WIDE_MODES else 3 * max(len(img.getbands()), 3)
+    return width * height * per_pixel
+
+
 def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
     """Decode, orient, convert and resize to ``spec.shape`` as float32; or raise RowError."""
     return scale_pixels(decode_to_uint8(data, spec, max_pixels), spec.scale)
 
 
-def decode_to_uint8(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
-    """Like ``decode_image`` but stops at uint8 pixels (H, W, C): 4x smaller to move around."""
+def decode_to_uint8(
+    data: bytes, spec: PreprocessSpec, max_pixels: int, budget: DecodeBudget | None = None
+) -> np.ndarray:
+    """Like ``decode_image`` but stops at uint8 pixels (H, W, C): 4x smaller to move around.
+
+    With a ``budget``, the decode waits for its share of it before decoding any pixel.
+    Running out of memory anyway is a ``MemoryError`` (an ``internal_error`` row), never
+    ``undecodable_image``: the bytes may be fine.
+    """
     if not data:
         raise RowError(ErrorCode.EMPTY_OBJECT, "object has zero bytes")
     try:
@@ -90,13 +151,16 @@ def decode_to_uint8(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.nd
             target_mode = "RGB" if spec.color_mode == "rgb" else "L"
             if img.format == "JPEG" and img.mode in ("RGB", "L", "YCbCr"):
                 img.draft(target_mode, (spec.width, spec.height))
-            img.load()
-            img = ImageOps.exif_transpose(img) or img
-            img = to_mode(img, target_mode)
-            if img.size != (spec.width, spec.height):
-                img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
-            arr = np.asarray(img, dtype=np.uint8)
-    except RowError:
+            reserved = budget.hold(len(data) + decode_cost(img)) if budget else None
+            with reserved or contextlib.nullcontext():
+                img.load()
+                ImageOps.exif_transpose(img, in_place=True)
+                img = to_mode(img, target_mode)
+                if img.size != (spec.width, spec.height):
+                    img = img.resize((spec.width, spec.height), Image.Resampling.BILINEAR)
+                arr = np.array(img, dtype=np.uint8)
+                del img
+    except (RowError, MemoryError):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise RowError(ErrorCode.IMAGE_TOO_LARGE, str(exc)[:200]) from None
@@ -150,22 +214,28 @@ def scale_pixels(arr: np.ndarray, scale: str) -> np.ndarray:
 
 
 def load_image(uri: object, spec: PreprocessSpec, storage: StorageConfig) -> np.ndarray:
-    """Check, fetch and decode one reference to uint8 pixels; raises ``RowError``."""
+    """Check, fetch and decode one reference to uint8 pixels; raises ``RowError``.
+
+    Decodes share the worker's ``storage.decode_memory_bytes`` budget.
+    """
     ref = parse_uri(uri)
     check_allowed(ref, storage.allowed_schemes, storage.allowed_buckets)
     data = objects.fetch_image_bytes(ref, storage)
-    return decode_to_uint8(data, spec, storage.max_pixels)
+    budget = worker_budget(storage.decode_memory_bytes)
+    return decode_to_uint8(data, spec, storage.max_pixels, budget)
 
 
-def _load_or_error(
+def load_or_error(
     uri: object, spec: PreprocessSpec, storage: StorageConfig
 ) -> np.ndarray | RowError:
+    """``load_image``, with any failure as the row's error: an unexpected exception is
+    ``internal_error`` naming its type (a bug or exhausted memory, not the product's fault)."""
     try:
         return load_image(uri, spec, storage)
     except RowError as err:
         return err
     except Exception as exc:
-        return RowError(ErrorCode.FETCH_FAILED, f"unexpected {type(exc).__name__}: {exc}"[:300])
+        return RowError(ErrorCode.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"[:300])
 
 
 @dataclass
@@ -181,7 +251,7 @@ class PreparedBatch:
 def prepare_batch(
     uris: Iterable[object], spec: PreprocessSpec, storage: StorageConfig, pool: Executor
 ) -> PreparedBatch:
-    results = list(pool.map(lambda u: _load_or_error(u, spec, storage), list(uris)))
+    results = list(pool.map(lambda u: load_or_error(u, spec, storage), list(uris)))
     ok_rows = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
     errors = {i: r for i, r in enumerate(results) if isinstance(r, RowError)}
     if ok_rows:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import os
 import sys
 
+import pyspark
 from pyspark.sql import SparkSession
 
 from prodclf.config import SparkConfig
+
+#: Spark 4.0+ also caps each Arrow batch in bytes, beside maxRecordsPerBatch
+#: (``spark.conf`` in --config overrides it; see infra/spark/spark-defaults.conf).
+ARROW_MAX_BYTES_PER_BATCH = "64m"
 
 
 def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSession:
@@ -35,13 +40,31 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
     }
     if cfg.shuffle_partitions:
         settings["spark.sql.shuffle.partitions"] = str(cfg.shuffle_partitions)
+    settings.update(version_settings(pyspark.__version__))
+    settings.update(catalog_settings(cfg))
     settings.update(s3a_settings(os.environ))
+    if os.environ.get("PRODCLF_SPARK_JARS"):  # extra jars for a session that starts its JVM
+        settings["spark.jars"] = os.environ["PRODCLF_SPARK_JARS"]  # (e.g. hadoop-aws, local)
     settings.update(dict(cfg.conf))
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("PRODCLF_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def version_settings(spark_version: str) -> dict[str, str]:
+    """Settings Spark 4.0+ has: byte-sized Arrow batches, and a classic (not Connect) session.
+
+    prodclf needs a classic session: it reads ``sparkContext`` (parallelism, log level).
+    """
+    major = spark_version.split(".", 1)[0]
+    if major.isdigit() and int(major) >= 4:
+        return {
+            "spark.sql.execution.arrow.maxBytesPerBatch": ARROW_MAX_BYTES_PER_BATCH,
+            "spark.api.mode": "classic",
+        }
+    return {}
 
 
 def s3a_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
@@ -58,3 +81,23 @@ def s3a_settings(env: dict[str, str] | os._Environ[str]) -> dict[str, str]:
         "spark.hadoop.fs.s3a.path.style.access": "true",
         "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
     }
+
+
+def catalog_settings(cfg: SparkConfig) -> dict[str, str]:
+    """The Spark SQL catalog: Hive's metastore when asked for, else Spark's in-memory one.
+
+    With ``metastore_dir`` the embedded Derby metastore (pyspark's own jars) lives there,
+    and so does ``derby.log``: nothing is written to the working directory. Without it the
+    metastore is whatever ``hive-site.xml`` says (the cluster's metastore, or Glue).
+    """
+    settings = {"spark.sql.catalogImplementation": cfg.catalog_implementation or "in-memory"}
+    if cfg.warehouse_dir:
+        settings["spark.sql.warehouse.dir"] = cfg.warehouse_dir
+    if cfg.metastore_dir and cfg.catalog_implementation == "hive":
+        home = os.path.abspath(cfg.metastore_dir)
+        settings["spark.hadoop.javax.jdo.option.ConnectionURL"] = (
+            f"jdbc:derby:;databaseName={home}/metastore_db;create=true"
+        )
+        settings["spark.driver.extraJavaOptions"] = f"-Dderby.system.home={home}"
+        settings.setdefault("spark.sql.warehouse.dir", os.path.join(home, "warehouse"))
+    return settings

@@ -20,6 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
 
+@pytest.hookimpl(trylast=True)  # after -m has deselected
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Training tests are deselected where petastorm is absent (-m "not train"), never skipped."""
+    from prodclf.requirements import training_problem
+
+    problem = training_problem()
+    selected = [item.nodeid for item in items if item.get_closest_marker("train")]
+    if problem and selected:
+        raise pytest.UsageError(
+            f"{len(selected)} test(s) marked train selected, but {problem} here: "
+            f'deselect them with -m "not train" (first: {selected[0]})'
+        )
+
+
 #: The test secret: it must never appear in any log, manifest or output of a run.
 TEST_SECRET = "prodclf-test-secret-9f3c2a"
 
@@ -76,20 +90,41 @@ def s3(s3_endpoint: str) -> object:
     return boto3.client("s3")
 
 
+#: The s3a connector jars fetched and verified by `make s3a-jars` (infra/fetch_s3a_jars.py).
+S3A_JARS = tuple(
+    ROOT / ".cache" / "jars" / name
+    for name in ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
+)
+
+
+def s3a_jars() -> tuple[Path, ...]:
+    """The s3a jars when both are cached, else (): only tests/test_s3a.py needs them."""
+    return S3A_JARS if all(p.is_file() for p in S3A_JARS) else ()
+
+
 @pytest.fixture(scope="session")
 def spark(s3_endpoint: str) -> Iterator[object]:
     from prodclf.config import SparkConfig
     from prodclf.session import create_session
 
-    session = create_session(
-        SparkConfig(
-            master="local[2]",
-            app_name="prodclf-tests",
-            shuffle_partitions=2,
-            conf=(("spark.ui.enabled", "false"), ("spark.driver.memory", "2g")),
-        ),
-        arrow_batch_size=16,
-    )
+    # Through the package's own hook (PRODCLF_SPARK_JARS), only while this JVM starts:
+    # jobs that tests start with spark-submit must not inherit it.
+    saved = os.environ.get("PRODCLF_SPARK_JARS")
+    if saved is None and s3a_jars():
+        os.environ["PRODCLF_SPARK_JARS"] = ",".join(str(p) for p in s3a_jars())
+    try:
+        session = create_session(
+            SparkConfig(
+                master="local[2]",
+                app_name="prodclf-tests",
+                shuffle_partitions=2,
+                conf=(("spark.ui.enabled", "false"), ("spark.driver.memory", "2g")),
+            ),
+            arrow_batch_size=16,
+        )
+    finally:
+        if saved is None:
+            os.environ.pop("PRODCLF_SPARK_JARS", None)
     yield session
     session.stop()
 

@@ -19,10 +19,15 @@ Faults:
 ``huge``      (for ``rules`` only) a 200 declaring a ``Content-Length`` of 1 TB, then no
               body until the client gives up: a client that reads such an object whole
               would hang or run out of memory.
+``bad_key``   403 ``InvalidAccessKeyId``, ``bad_signature`` 403 ``SignatureDoesNotMatch``,
+``expired``   400 ``ExpiredToken``: the store rejecting the credentials (never per object).
+``denied``    403 ``AccessDenied``.
 
 ``rules`` pins a fault to one path for every request (a permanently failing object).
 ``hold(paths)`` holds the requests for some paths, unanswered, until ``release()``, and
 ``hold_after(n)`` holds every request after the next ``n``: a run can be caught mid-way.
+``fail_after(n, kind)`` answers every request (of ``methods``) after the next ``n`` with
+``kind``: a store that breaks down mid-run.
 """
 
 from __future__ import annotations
@@ -47,8 +52,19 @@ RESET = "reset"
 STALL = "stall"
 CUT = "cut"
 HUGE = "huge"
+BAD_KEY = "bad_key"
+BAD_SIGNATURE = "bad_signature"
+EXPIRED = "expired"
+DENIED = "denied"
 TRANSIENT_KINDS = (SLOWDOWN, INTERNAL, RESET, STALL, CUT)
-KINDS = (*TRANSIENT_KINDS, HUGE)
+#: kind -> (status, S3 error code)
+CREDENTIAL_ANSWERS = {
+    BAD_KEY: (403, "InvalidAccessKeyId"),
+    BAD_SIGNATURE: (403, "SignatureDoesNotMatch"),
+    EXPIRED: (400, "ExpiredToken"),
+    DENIED: (403, "AccessDenied"),
+}
+KINDS = (*TRANSIENT_KINDS, HUGE, *CREDENTIAL_ANSWERS)
 
 HUGE_LENGTH = 10**12
 _HOP_BY_HOP = {
@@ -109,6 +125,7 @@ class FaultProxy:
         self.held: list[tuple[str, str, float]] = []
         self._held_paths: set[str] = set()
         self._passes_left: int | None = None
+        self._fail_after: tuple[int, str] | None = None
         self._released = threading.Event()
         self._released.set()
         self._stopping = threading.Event()
@@ -174,6 +191,13 @@ class FaultProxy:
             self._passes_left = n
             self._released.clear()
 
+    def fail_after(self, n: int, kind: str) -> None:
+        """Forward ``n`` more requests, then answer every later one with ``kind``."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}")
+        with self._lock:
+            self._fail_after = (n, kind)
+
     def release(self) -> None:
         with self._lock:
             self._held_paths = set()
@@ -199,6 +223,12 @@ class FaultProxy:
             self._seen[(method, path)] += 1
         if path in self.rules:
             return self.rules[path]
+        if self._fail_after is not None and method in self.methods:
+            with self._lock:
+                left, kind = self._fail_after
+                if left <= 0:
+                    return kind
+                self._fail_after = (left - 1, kind)
         if method not in self.methods or not self.rate or not self.kinds:
             return None
         rng = random.Random(f"{self.seed}/{method}/{path}/{n}")
@@ -233,10 +263,16 @@ class FaultProxy:
             self.log.append((method, path, fault or "forwarded"))
             if fault:
                 self.injected[fault] += 1
+        head = method == "HEAD"  # a HEAD answer has no body, errors included
         if fault == SLOWDOWN:
-            _send(h, 503, "Slow Down", s3_error_xml("SlowDown", "Please reduce your request rate."))
+            xml = s3_error_xml("SlowDown", "Please reduce your request rate.")
+            _send(h, 503, "Slow Down", xml, head=head)
         elif fault == INTERNAL:
-            _send(h, 500, "Internal Server Error", s3_error_xml("InternalError", "injected"))
+            xml = s3_error_xml("InternalError", "injected")
+            _send(h, 500, "Internal Server Error", xml, head=head)
+        elif fault in CREDENTIAL_ANSWERS:
+            status, code = CREDENTIAL_ANSWERS[fault]
+            _send(h, status, "Refused", s3_error_xml(code, "injected"), head=head)
         elif fault == RESET:
             _reset(h)
         elif fault == STALL:
@@ -250,16 +286,19 @@ class FaultProxy:
             h.wfile.flush()
             self._hold_until_client_leaves(h, path, HUGE)
         else:
-            status, reason, headers, payload = self._forward(h, method, body)
+            status, reason, headers, payload, length = self._forward(h, method, body)
             if fault == CUT and payload:
                 _send(h, status, reason, payload[: len(payload) // 2], headers, len(payload))
                 _reset(h)
+            elif head:  # no body, and the upstream's Content-Length (the object's size)
+                _send(h, status, reason, payload, headers, length, head=True)
             else:
-                _send(h, status, reason, payload, headers, head=method == "HEAD")
+                _send(h, status, reason, payload, headers)
 
     def _forward(
         self, h: BaseHTTPRequestHandler, method: str, body: bytes
-    ) -> tuple[int, str, list[tuple[str, str]], bytes]:
+    ) -> tuple[int, str, list[tuple[str, str]], bytes, int | None]:
+        """The upstream's status, reason, end-to-end headers, body and Content-Length."""
         conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=60)
         try:
             headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP_BY_HOP}
@@ -268,7 +307,9 @@ class FaultProxy:
             resp = conn.getresponse()
             payload = resp.read()
             out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP_BY_HOP]
-            return resp.status, resp.reason, out, payload
+            declared = resp.getheader("Content-Length")
+            length = int(declared) if declared is not None else None
+            return resp.status, resp.reason, out, payload, length
         finally:
             conn.close()
 

@@ -220,12 +220,19 @@ def running_job(argv: list[str], env: dict[str, str], logs: Path) -> Iterator[Jo
 # --- reading the commodity library as a downstream consumer would ------------------------
 
 
-def read_partition(out: Path, run_date: str) -> pd.DataFrame:
-    """Every row of one ``run_date`` partition (hidden ``.``/``_`` paths ignored, as readers do)."""
-    part = out / f"run_date={run_date}"
-    if not part.is_dir():
+def read_partition(out: Path, run_date: str, run_id: str | None = None) -> pd.DataFrame:
+    """The tags_history rows of one ``run_date`` (every run, or ``run_id``'s), read with
+    pyarrow (hidden ``.``/``_`` paths ignored, as readers do); ``run_id`` as a column."""
+    day = out / "tags_history" / f"run_date={run_date}"
+    parts = sorted(p for p in day.glob("run_id=*") if run_id in (None, p.name[7:]))
+    frames = []
+    for part in parts:
+        frame = pq.read_table(part).to_pandas()
+        frame["run_id"] = part.name[len("run_id=") :]
+        frames.append(frame)
+    if not frames:
         return pd.DataFrame(columns=["product_id", "status", "error_code", "run_id"])
-    frame: pd.DataFrame = pq.read_table(part).to_pandas()
+    frame = pd.concat(frames, ignore_index=True)
     return frame.astype(object).where(frame.notna(), None)
 
 
@@ -247,28 +254,38 @@ def manifests(out: Path) -> dict[str, dict[str, Any]]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
 
 
-def complete_run(out: Path, run_date: str) -> str | None:
-    """The run a downstream consumer may read for ``run_date``, or None (README's rule).
+def complete_runs(out: Path, run_date: str) -> list[str]:
+    """The runs of ``run_date`` a downstream consumer may read (README's rule).
 
-    Complete means: a manifest for that ``run_date`` whose ``run_id`` is the ``run_id`` of
-    every row in the partition, with as many rows as the manifest says were written.
+    Complete means: a manifest for that ``run_date`` and ``run_id`` whose ``rows_written``
+    is the number of rows in the run's own tags_history partition.
     """
-    frame = read_partition(out, run_date)
-    ids = set(frame["run_id"])
-    if len(ids) != 1:
-        return None
-    (run_id,) = ids
-    m = manifests(out).get(str(run_id))
-    if m is None or m["run_date"] != run_date or m["rows_written"] != len(frame):
-        return None
-    return str(run_id)
+    found = []
+    for run_id, m in manifests(out).items():
+        if m["run_date"] != run_date:
+            continue
+        if m["rows_written"] == len(read_partition(out, run_date, run_id)):
+            found.append(run_id)
+    return sorted(found)
+
+
+def current_rows(out: Path) -> pd.DataFrame:
+    """tags_current as a pyarrow reader sees it: through the pointer."""
+    pointer = json.loads((out / "tags_current" / "_CURRENT.json").read_text())
+    frame: pd.DataFrame = pq.read_table(out / pointer["snapshot"]).to_pandas()
+    return frame.astype(object).where(frame.notna(), None)
 
 
 def staging_debris(out: Path) -> list[Path]:
     """What an unfinished Spark write leaves in the library: hidden staging directories."""
-    if not out.is_dir():
-        return []
-    return sorted(p for p in out.iterdir() if p.name.startswith((".spark-staging", "_temporary")))
+    places = [out / "tags_history", out / "tags_current" / "_v"]
+    return sorted(
+        p
+        for d in places
+        if d.is_dir()
+        for p in d.iterdir()
+        if p.name.startswith((".spark-staging", "_temporary"))
+    )
 
 
 def uncommitted_parts(out: Path) -> list[Path]:

@@ -13,10 +13,14 @@ from pyspark.sql import SparkSession
 
 from prodclf.cli import EXIT_REFUSED, main
 
+pytestmark = pytest.mark.spark4
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("command", ["tag", "train", "demo"])
+@pytest.mark.parametrize(
+    "command", ["tag", "train", "demo", "runs", "report", "vacuum", "migrate", "unlock"]
+)
 def test_every_subcommand_has_help(command: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])
@@ -54,7 +58,7 @@ def tag_args(layout: dict[str, Path], **override: object) -> list[str]:
     argv = ["tag"]
     for key, value in args.items():
         if value is not None:
-            argv += [key, str(value)]
+            argv += [key] if value == "" else [key, str(value)]  # "": a switch
     return argv
 
 
@@ -77,6 +81,12 @@ REFUSALS = {
     "unknown config key": ({"--config": "{tmp}/bad.yaml"}, "unknown key(s) max_bytes"),
     "missing config file": ({"--config": "{tmp}/none.yaml"}, "no such file"),
     "missing required flag": ({"--model": None}, "the following arguments are required: --model"),
+    "backfill without selection": ({"--mode": "backfill"}, "--mode backfill needs a selection"),
+    "selection without backfill": ({"--retry-errors": ""}, "add --mode backfill"),
+    "missing products list": (
+        {"--mode": "backfill", "--products": "{tmp}/ids.txt"},
+        "--products list",
+    ),
 }
 
 
@@ -188,6 +198,12 @@ def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> No
     assert cfg.inference.review_threshold == 0.6
     assert dict(cfg.spark.conf) == {"spark.sql.shuffle.partitions": "400"}
     assert cfg.spark.app_name == "prodclf-nightly"
+    assert cfg.checks.max_error_rate == 0.5 and cfg.checks.min_error_rows == 10
+    assert dict(cfg.checks.max_code_rates) == {"store_unavailable": 0.0, "internal_error": 0.01}
+    assert cfg.storage.decode_memory_bytes == 512 << 20
+    assert cfg.retry_codes == ("fetch_failed", "inference_failed")  # the tag section
+    assert (cfg.progress_interval_s, cfg.lock_ttl_s) == (30.0, 900.0)
+    assert cfg.mode == "full" and cfg.spark.catalog_implementation is None
 
 
 def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
@@ -219,3 +235,12 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     )
     assert (over.backbone_lr_multiplier, over.calibrate, over.class_weights) == (0.5, False, "none")
     assert (over.backbone, over.scale, over.warmup_epochs) == ("/other.keras", "raw", 0)
+
+
+def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(
+    spark: SparkSession, layout: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = tag_args(layout, **{"--mode": "backfill", "--where": "no_such_column = 1"})
+    line = run_refused(argv, capsys)
+    assert "--where 'no_such_column = 1' is not a predicate over the base library's columns" in line
+    assert not layout["out"].exists()

@@ -22,6 +22,8 @@ from prodclf.config import (
 )
 from prodclf.errors import ConfigError
 
+pytestmark = pytest.mark.spark4
+
 
 def test_section_builds_from_a_yaml_mapping() -> None:
     storage = section(
@@ -151,7 +153,13 @@ def tag_cfg(**changes: Any) -> TagConfig:
         ({"run_id": "bad id"}, "--run-id 'bad id'"),
         ({"run_id": "../escape"}, "--run-id '../escape'"),
         ({"run_id": "x" * 129}, "--run-id"),
-        ({"mode": "incremental"}, "mode 'incremental' is not supported"),
+        ({"mode": "nightly"}, "--mode must be one of full, incremental, backfill"),
+        ({"mode": "backfill"}, "--mode backfill needs a selection"),
+        ({"where": "merchant = 'm1'"}, "--where select a backfill; add --mode backfill"),
+        ({"mode": "backfill", "where": " "}, "--where is empty"),
+        ({"retry_codes": ("fetch_failed", "oops")}, "unknown error code(s) oops"),
+        ({"database": "prod-clf"}, "--database 'prod-clf'"),
+        ({"lock_ttl_s": 0.0}, "lock_ttl_s must be positive"),
     ],
 )
 def test_tag_config_validate_refusals(changes: dict, expected: str) -> None:
@@ -163,6 +171,65 @@ def test_tag_config_validate_refusals(changes: dict, expected: str) -> None:
 def test_tag_config_valid() -> None:
     tag_cfg().validate()
     tag_cfg(run_id="a" * 128).validate()
+    tag_cfg(mode="incremental", change_column="image_updated_at").validate()
+    tag_cfg(mode="backfill", products="/ids.txt", where="merchant = 'm1'").validate()
+    tag_cfg(mode="backfill", retry_errors=True).validate()
+
+
+def test_a_database_turns_hive_support_on_unless_configured() -> None:
+    assert tag_cfg().spark.catalog_implementation is None
+    hive = TagConfig.from_sources(
+        {},
+        {
+            "base_library": "/b",
+            "commodity_library": "/c",
+            "model": "/m",
+            "run_date": "2026-11-21",
+            "database": "prodclf",
+        },
+    )
+    assert hive.spark.catalog_implementation == "hive"
+    kept = TagConfig.from_sources(
+        {"spark": {"catalog_implementation": "in-memory"}},
+        {
+            "base_library": "/b",
+            "commodity_library": "/c",
+            "model": "/m",
+            "run_date": "2026-11-21",
+            "database": "prodclf",
+        },
+    )
+    assert kept.spark.catalog_implementation == "in-memory"
+
+
+def test_tag_flags_set_the_mode_fields() -> None:
+    cfg = TagConfig.from_sources(
+        {},
+        {
+            "base_library": "/b",
+            "commodity_library": "/c",
+            "model": "/m",
+            "run_date": "2026-11-21",
+            "mode": "backfill",
+            "products": "/ids.csv",
+            "where": "merchant = 'm1'",
+            "retry_errors": True,
+            "dry_run": True,
+        },
+    )
+    assert (cfg.mode, cfg.products, cfg.where, cfg.retry_errors, cfg.dry_run) == (
+        "backfill",
+        "/ids.csv",
+        "merchant = 'm1'",
+        True,
+        True,
+    )
+    assert cfg.selection == {
+        "mode": "backfill",
+        "products": "/ids.csv",
+        "where": "merchant = 'm1'",
+        "retry_errors": True,
+    }
 
 
 def test_train_config_validate_refusals() -> None:

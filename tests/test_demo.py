@@ -57,6 +57,7 @@ def test_markers_record_the_parameters(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.train
 def test_demo_end_to_end_then_reuse(
     spark: Any,
     tmp_path: Path,
@@ -82,11 +83,15 @@ def test_demo_end_to_end_then_reuse(
     meta = read_meta(str(layout.model))
     assert meta.labels == (Label("Bag", "3032"), Label("Trouser", "204"))
     assert json.loads(layout.label_map.read_text())["Bag"] == "3032"
+    # A full run, then an incremental run that tags only what catalog_next changed.
     manifests = list((layout.commodity / "_runs").glob("*.json"))
-    assert len(manifests) == 1
+    assert len(manifests) == 2
+    assert "incremental run" in first and "tagged 8 of 15 products" in first
+    assert "(image_changed 5, new 3)" in first
+    assert "tags_current" in first and ".html" in first
 
     assert run_demo(opts) == 0
     second = capsys.readouterr().out
     assert "reused" in second
     assert read_meta(str(layout.model)).created_at == meta.created_at
-    assert len(list((layout.commodity / "_runs").glob("*.json"))) == 2
+    assert len(list((layout.commodity / "_runs").glob("*.json"))) == 4

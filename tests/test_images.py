@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+from prodclf.config import StorageConfig
 from prodclf.errors import ErrorCode, RowError
-from prodclf.images import PreprocessSpec, decode_image, decode_to_uint8, scale_pixels
+from prodclf.images import (
+    DecodeBudget,
+    PreprocessSpec,
+    decode_image,
+    decode_to_uint8,
+    load_or_error,
+    scale_pixels,
+)
+
+pytestmark = pytest.mark.spark4
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -293,3 +307,123 @@ def test_preprocess_spec_validate() -> None:
     ):
         with pytest.raises(ValueError):
             bad.validate()
+
+
+# --- the draft decode is real, memory is bounded, out-of-memory is not "undecodable" -------
+
+
+def test_large_jpegs_are_loaded_at_draft_size_not_decoded_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What Pillow decodes, seen from inside: 1/8 of 2400x1600, never the full image."""
+    loaded: list[tuple[int, int]] = []
+    real_load = ImageFile.ImageFile.load
+
+    def load(self: ImageFile.ImageFile) -> object:
+        loaded.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    data = encode(split_image((2400, 1600), RED, BLUE), "JPEG", quality=90)
+    budget = DecodeBudget(1 << 30)
+    out = decode_to_uint8(data, PreprocessSpec(32, 32, "rgb"), BIG, budget)
+    assert out.shape == (32, 32, 3)
+    assert loaded and loaded[0] == (300, 200), loaded
+    # The reservation was sized from the draft, too: 300x200, not 2400x1600 pixels.
+    assert budget.peak == len(data) + 300 * 200 * 9
+
+
+def test_running_out_of_memory_while_decoding_is_not_undecodable(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    def load(self: ImageFile.ImageFile) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+    data = encode(Image.new("RGB", (40, 40), RED), "PNG")
+    with pytest.raises(MemoryError):
+        decode_to_uint8(data, PreprocessSpec(8, 8), BIG)
+    (tmp_path / "a.png").write_bytes(data)
+    err = load_or_error(f"file://{tmp_path}/a.png", PreprocessSpec(8, 8), StorageConfig())
+    assert isinstance(err, RowError)
+    assert err.code is ErrorCode.INTERNAL_ERROR and err.message.startswith("MemoryError")
+
+
+def test_the_decode_budget_holds_decodes_back_and_lets_a_huge_one_run_alone() -> None:
+    import threading
+    import time
+
+    budget = DecodeBudget(100)
+    inside: list[int] = []
+    most = [0]
+    lock = threading.Lock()
+
+    def decode(n: int) -> None:
+        with budget.hold(n):
+            with lock:
+                inside.append(n)
+                most[0] = max(most[0], sum(inside))
+            time.sleep(0.05)
+            with lock:
+                inside.remove(n)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(decode, [40, 40, 40, 40, 500, 10, 10, 60]))
+    assert budget.used == 0
+    assert budget.peak <= 100 and most[0] <= 500  # the 500 one ran alone (capped at 100)
+
+
+HEADROOM = int(os.environ.get("PRODCLF_TEST_HEADROOM", 1200 << 20))
+LARGE_SIDE = 7000  # 49 megapixels: 147 MB of RGB pixels each, a few hundred KB of PNG
+
+OOM_SCRIPT = """
+import json, resource, sys
+from concurrent.futures import ThreadPoolExecutor
+import pandas as pd
+from prodclf.config import StorageConfig
+from prodclf.images import PreprocessSpec, prepare_batch
+
+headroom, budget, uris = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
+pool = ThreadPoolExecutor(16)
+list(pool.map(lambda _: None, range(256)))  # threads (and their stacks) exist before the limit
+vm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmSize"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + headroom, resource.RLIM_INFINITY))
+storage = StorageConfig(fetch_concurrency=16, decode_memory_bytes=budget)
+batch = prepare_batch(pd.Series(uris), PreprocessSpec(8, 8), storage, pool)
+errors = sorted({f"{e.code.value}: {e.message}" for e in batch.errors.values()})
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss << 10
+print(json.dumps({"ok": len(batch.ok_rows), "errors": errors}), peak - vm, file=sys.stderr)
+print(json.dumps({"ok": len(batch.ok_rows), "errors": errors}))
+"""
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_50_megapixel_images_decode_within_a_memory_limit(
+    tmp_path: Path,
+) -> None:
+    """A worker limited to 1.2 GB more address space (RLIMIT_AS, as
+    ``spark.executor.pyspark.memory`` sets) decodes 16 images of 147 MB of pixels each,
+    all fetched at once: the budget makes them take turns instead of 2.4 GB at once."""
+    import shutil
+    import subprocess
+    import sys
+
+    first = tmp_path / "big-00.png"
+    Image.new("RGB", (LARGE_SIDE, LARGE_SIDE), (30, 60, 200)).save(first, compress_level=1)
+    uris = []
+    for i in range(16):
+        path = tmp_path / f"big-{i:02d}.png"
+        if i:
+            shutil.copyfile(first, path)
+        uris.append(f"file://{path}")
+    proc = subprocess.run(
+        [sys.executable, "-c", OOM_SCRIPT, str(HEADROOM), str(512 << 20), json.dumps(uris)],
+        # One malloc arena per thread would reserve 64 MB of address space each.
+        env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"ok": 16, "errors": []}

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "prodclf"
 LAYERS: list[tuple[str, ...]] = [
     ("prodclf", "prodclf.errors"),
     ("prodclf.schemas", "prodclf.model.catalog"),
-    ("prodclf.config", "prodclf.fashion_mnist"),
+    ("prodclf.config", "prodclf.fashion_mnist", "prodclf.requirements"),
     ("prodclf.storage", "prodclf.session"),
     ("prodclf.images",),
     ("prodclf.model",),
@@ -24,11 +24,21 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "prodclf.tagging.transforms",
         "prodclf.tagging.udf",
+        "prodclf.tagging.checks",
+        "prodclf.tagging.selection",
+        "prodclf.tagging.current",
+        "prodclf.tagging.report",
+        "prodclf.tagging.progress",
         "prodclf.training.data",
         "prodclf.evaluation.metrics",
         "prodclf.evaluation.report",
     ),
-    ("prodclf.tagging.job", "prodclf.training.job", "prodclf.evaluation.job"),
+    (
+        "prodclf.tagging.job",
+        "prodclf.tagging.library",
+        "prodclf.training.job",
+        "prodclf.evaluation.job",
+    ),
     ("prodclf.demo",),
     ("prodclf.cli", "prodclf.__main__"),
 ]

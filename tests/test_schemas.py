@@ -23,6 +23,8 @@ from prodclf.schemas import (
     check_matches,
 )
 
+pytestmark = pytest.mark.spark4
+
 
 def schema(*cols: tuple[str, object]) -> StructType:
     return StructType([StructField(name, dtype) for name, dtype in cols])  # type: ignore[arg-type]

@@ -19,6 +19,8 @@ from prodclf.taxonomy import (
     parse_google_taxonomy,
 )
 
+pytestmark = pytest.mark.spark4
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 REAL_TAXONOMY = SHARED / "taxonomy" / "google-product-taxonomy-with-ids.en-US.txt"

@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from prodclf.config import SPLIT_ALIASES, EvaluateConfig
 from prodclf.errors import ConfigError, InputError
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_OK, check_columns
-from prodclf.storage import objects, tables
+from prodclf.storage import objects, tables, warehouse
 from prodclf.storage.uris import is_same_or_inside, normalize_location, parse_uri
 from prodclf.tagging.transforms import RunInfo, plan_partitions, tag_products
 from prodclf.tagging.udf import tag_images_udf
@@ -45,6 +45,7 @@ def evaluate_preflight(cfg: EvaluateConfig) -> BundleMeta | None:
         raise ConfigError(f"--split {cfg.split!r} is not one of {', '.join(SPLIT_ALIASES)}")
     if cfg.commodity_library:
         tables.require_dataset(cfg.commodity_library, "commodity library")
+        warehouse.require_layout(cfg.commodity_library)
         return None
     assert cfg.model is not None
     return read_meta(cfg.model)
@@ -92,13 +93,22 @@ def tags_now(
 
 
 def tags_of_run(spark: SparkSession, cfg: EvaluateConfig) -> DataFrame:
+    """The rows of ``run_id``, or of the date's complete runs (a product tagged by several
+    runs that day, a nightly and a backfill, counts with its latest row)."""
     assert cfg.commodity_library is not None and cfg.run_date is not None
     rows = tables.read_commodity_run(
-        spark, cfg.commodity_library, cfg.run_date, cfg.storage.spark_s3_scheme
+        spark, cfg.commodity_library, cfg.run_date, cfg.storage.spark_s3_scheme, cfg.run_id
     )
     if cfg.run_id:
-        rows = rows.where(F.col("run_id") == F.lit(cfg.run_id))
-    return rows
+        return rows
+    complete = set(warehouse.manifest_ids(cfg.commodity_library))
+    latest = Window.partitionBy("product_id").orderBy(F.desc("tagged_at"), F.desc("run_id"))
+    return (
+        rows.where(F.col("run_id").isin(sorted(complete)))
+        .withColumn("_n", F.row_number().over(latest))
+        .where(F.col("_n") == 1)
+        .drop("_n")
+    )
 
 
 def collect_scored(tags: DataFrame, truth: DataFrame) -> tuple[pd.DataFrame, int]:

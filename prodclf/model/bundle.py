@@ -13,6 +13,7 @@ before any Spark work starts.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -70,6 +71,11 @@ class BundleMeta:
     def to_json(self) -> str:
         data = asdict(self)
         return json.dumps(data, indent=2, sort_keys=True)
+
+    @property
+    def fingerprint(self) -> str:
+        """A digest of the whole metadata: two reads of one bundle version agree."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str) -> BundleMeta:

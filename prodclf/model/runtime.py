@@ -9,12 +9,14 @@ Importing this module does not import TensorFlow.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -37,36 +39,85 @@ class Predictor:
         self.predict = predict
 
 
-_PREDICTORS: dict[tuple[str, bool], Predictor] = {}
+class BundleChanged(RuntimeError):
+    """The bundle a worker loaded is not the version the driver read (republished)."""
+
+
+#: How many predictors a Python worker keeps (least recently used first out), like the
+#: model cache behind Spark's ``predict_batch_udf``: a model can hold gigabytes.
+CACHE_SIZE = 2
+
+_PREDICTORS: OrderedDict[tuple[str, bool, tuple[str, ...], str], Predictor] = OrderedDict()
 _LOCK = threading.Lock()
 
 
-def get_predictor(model_uri: str, use_gpu: bool = True) -> Predictor:
-    """The worker's predictor for ``model_uri``, loaded on first use and then reused."""
-    key = (model_uri, use_gpu)
-    with _LOCK:
-        if key not in _PREDICTORS:
-            _PREDICTORS[key] = load_predictor(model_uri, use_gpu)
-        return _PREDICTORS[key]
+def get_predictor(model_uri: str, use_gpu: bool = True, fingerprint: str = "") -> Predictor:
+    """The worker's predictor for ``model_uri``, loaded on first use and then reused.
 
-
-def load_predictor(model_uri: str, use_gpu: bool = True) -> Predictor:
+    Keyed by everything that changes it: the bundle and its version (``fingerprint``, the
+    driver's ``BundleMeta.fingerprint``), whether GPUs are used, and the GPU addresses
+    Spark gave this task (a reused worker given another GPU gets a predictor placed on
+    it). A loaded bundle whose fingerprint differs from the driver's raises
+    ``BundleChanged``: rows never mix one version's labels with another's.
+    """
     gpus = task_gpu_addresses() if use_gpu else ()
+    key = (model_uri, use_gpu, gpus, fingerprint)
+    with _LOCK:
+        if key in _PREDICTORS:
+            _PREDICTORS.move_to_end(key)
+            return _PREDICTORS[key]
+        predictor = load_predictor(model_uri, use_gpu, gpus)
+        if fingerprint and predictor.meta.fingerprint != fingerprint:
+            raise BundleChanged(
+                f"model bundle {model_uri} is {predictor.meta.model_version} "
+                f"({predictor.meta.fingerprint}), not the version the driver read "
+                f"({fingerprint}): republished during the run?"
+            )
+        _PREDICTORS[key] = predictor
+        while len(_PREDICTORS) > CACHE_SIZE:
+            _PREDICTORS.popitem(last=False)
+        return predictor
+
+
+def load_predictor(
+    model_uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None
+) -> Predictor:
+    if gpus is None:
+        gpus = task_gpu_addresses() if use_gpu else ()
     tf = import_tensorflow(gpus, use_gpu)
+    device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
     local = materialize_bundle(model_uri)
     meta = read_meta(str(local))
-    loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
+    with tf.device(device) if device else contextlib.nullcontext():
+        loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        out = endpoint(tf.constant(x, dtype=tf.float32))
+        with tf.device(device) if device else contextlib.nullcontext():
+            out = endpoint(tf.constant(x, dtype=tf.float32))
         if isinstance(out, dict):
             out = next(iter(out.values()))
         return np.asarray(out)
 
     predict.__dict__["_keep_alive"] = loaded  # the endpoint needs its object graph
-    log.info("loaded model %s %s on %s", meta.model_name, meta.model_version, gpus or "cpu")
+    log.info("loaded model %s %s on %s", meta.model_name, meta.model_version, device or "cpu")
     return Predictor(meta, predict)
+
+
+def tf_device(gpus: tuple[str, ...], visible: str | None) -> str | None:
+    """The TensorFlow device for the task's first GPU address, or None (TF's choice).
+
+    TensorFlow numbers the GPUs it sees from 0 in ``CUDA_VISIBLE_DEVICES`` order; Spark's
+    addresses are the GPUs' ids, which are positions in that list when it is set.
+    """
+    if not gpus:
+        return None
+    address = gpus[0]
+    if visible:
+        ids = [v.strip() for v in visible.split(",")]
+        if address in ids:
+            return f"/GPU:{ids.index(address)}"
+    return f"/GPU:{address}" if address.isdigit() else None
 
 
 def task_gpu_addresses() -> tuple[str, ...]:
@@ -83,16 +134,20 @@ def task_gpu_addresses() -> tuple[str, ...]:
 
 
 def visible_devices_env(gpus: tuple[str, ...], use_gpu: bool) -> str | None:
-    """The CUDA_VISIBLE_DEVICES value for this worker, or None to leave it as it is."""
+    """The CUDA_VISIBLE_DEVICES value for this worker, or None to leave it as it is.
+
+    With GPUs, every GPU of the executor stays visible: a Python worker is reused across
+    tasks that Spark may give different GPUs, and TensorFlow fixes its devices at import.
+    Each predictor is placed on its task's GPU instead (``tf_device``), with memory
+    growth on, so the other GPUs are not filled.
+    """
     if not use_gpu:
         return ""
-    if gpus:
-        return ",".join(gpus)
     return None
 
 
 def import_tensorflow(gpus: tuple[str, ...] = (), use_gpu: bool = True) -> Any:
-    """Import TensorFlow pinned to the task's GPUs (if any) with memory growth on."""
+    """Import TensorFlow (GPUs hidden unless used) with memory growth on."""
     env = visible_devices_env(gpus, use_gpu)
     if env is not None and "tensorflow" not in _imported():
         os.environ["CUDA_VISIBLE_DEVICES"] = env
@@ -127,10 +182,18 @@ def materialize_bundle(model_uri: str) -> Path:
     if (cache / "bundle.json").exists():
         return cache
     root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
-    objects.copy_tree_to_local(model_uri, staging)
-    try:
-        os.replace(staging, cache)  # atomic: concurrent workers on one host race safely
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
+    # One download per host: the first worker takes the lock file, the others wait for it
+    # and find the bundle in place. A staging folder is removed whatever happens.
+    with open(root / f".{digest}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (cache / "bundle.json").exists():
+            return cache
+        staging = Path(tempfile.mkdtemp(prefix=f".{digest}-", dir=root))
+        try:
+            objects.copy_tree_to_local(model_uri, staging)
+            if (staging / "bundle.json").read_bytes() != meta_bytes:
+                raise BundleChanged(f"model bundle {model_uri} changed while it was downloaded")
+            os.replace(staging, cache)  # atomic: readers never see a half-copied bundle
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return cache

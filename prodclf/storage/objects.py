@@ -9,14 +9,16 @@ raise ``OSError`` subclasses that callers turn into refusals.
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from prodclf.config import StorageConfig
 from prodclf.errors import ErrorCode, RowError
@@ -31,6 +33,29 @@ _DENIED = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
 }
+#: Answers about the credentials or the account, never about one object: the store as a
+#: whole is unusable (``store_unavailable`` rows, a refused preflight probe).
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidToken",
+        "TokenRefreshRequired",
+        "RequestTimeTooSkewed",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "InvalidSecurity",
+    }
+)
+#: botocore exceptions meaning no request can reach the store (refused, DNS) or be signed.
+_UNREACHABLE = (
+    "EndpointConnectionError",
+    "NoCredentialsError",
+    "PartialCredentialsError",
+    "CredentialRetrievalError",
+)
 
 
 @lru_cache(maxsize=8)
@@ -52,7 +77,59 @@ def s3_client(
         retries=retries,
         max_pool_connections=max_pool_connections,
     )
-    return boto3.session.Session().client("s3", config=config)
+    client = boto3.session.Session().client("s3", config=config)
+    client.meta.events.register_first("needs-retry.s3.GetObject", _deadline_guard)
+    return client
+
+
+# --- the fetch deadline, botocore's own retries included ------------------------------------
+
+#: The running fetch's (deadline, seconds one attempt may take), per thread; see _fetch_s3.
+_BUDGET = threading.local()
+
+
+class _OutOfTime(Exception):
+    """Raised from botocore's retry hook: the next attempt could not end before the deadline."""
+
+    def __init__(self, attempts: int, last: str) -> None:
+        super().__init__(last)
+        self.attempts = attempts
+        self.last = last
+
+
+def _deadline_guard(
+    attempts: int, response: Any = None, caught_exception: Any = None, **_: Any
+) -> None:
+    """botocore ``needs-retry`` hook: stop retrying a fetch that would overrun its deadline.
+
+    botocore retries inside one ``get_object`` call (``max_attempts``, backoff up to 20 s,
+    each attempt up to connect + read timeout), which alone can outlast
+    ``fetch_deadline_s``. Before botocore sleeps and retries a failed attempt, this hook
+    checks that the longest backoff plus one whole attempt still fits in the budget; if
+    not, the call ends now.
+    """
+    budget = getattr(_BUDGET, "value", None)
+    if budget is None:
+        return None
+    deadline, attempt_s = budget
+    status = response[0].status_code if response is not None else 0
+    if caught_exception is not None:
+        last = type(caught_exception).__name__
+    elif status >= 500 or status in (400, 429):
+        err = response[1].get("Error", {}) if isinstance(response[1], dict) else {}
+        last = str(err.get("Code") or status)
+        if status == 400 and last not in _RETRIED_400:
+            return None
+    else:
+        return None  # a success or a final answer (404, 403): nothing to retry
+    longest_backoff = min(2.0 ** (attempts - 1), 20.0)
+    if time.monotonic() + longest_backoff + attempt_s > deadline:
+        raise _OutOfTime(attempts, last)
+    return None
+
+
+#: 400 answers botocore retries (throttling, timeouts).
+_RETRIED_400 = {"RequestTimeout", "Throttling", "ThrottlingException", "SlowDown"}
 
 
 def client_for(cfg: StorageConfig) -> Any:
@@ -104,57 +181,85 @@ def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
 
 
 def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
-    from botocore.exceptions import BotoCoreError, ClientError, IncompleteReadError
+    from botocore.exceptions import BotoCoreError, IncompleteReadError
 
     client = client_for(cfg)
     limit = cfg.max_object_bytes
-    # botocore retries the request itself (cfg.max_attempts in all); only a failure while
-    # streaming the body is retried here, with a new request.
+    # botocore retries the request itself (cfg.max_attempts in all) as long as another
+    # attempt fits in the deadline (_deadline_guard); only a failure while streaming the
+    # body is retried here, with a new request.
     last = ""
     deadline = time.monotonic() + cfg.fetch_deadline_s
-    for attempt in range(1, cfg.max_attempts + 1):
-        try:
-            resp = client.get_object(Bucket=ref.bucket, Key=ref.key)
-        except ClientError as exc:
-            err = exc.response.get("Error", {})
-            code = str(err.get("Code", ""))
-            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-            if code in _NOT_FOUND or status == "404":
-                raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
-            if code in _DENIED or status == "403":
-                raise RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}") from None
-            raise RowError(
-                ErrorCode.FETCH_FAILED,
-                f"S3 error {code or status} after {cfg.max_attempts} attempts: {ref.uri}",
-            ) from None
-        except BotoCoreError as exc:
-            raise RowError(
-                ErrorCode.FETCH_FAILED,
-                f"{type(exc).__name__} after {cfg.max_attempts} attempts: {ref.uri}",
-            ) from None
-        body = resp["Body"]
-        try:
-            length = resp.get("ContentLength")
-            if length is not None and length > limit:
-                raise RowError(
-                    ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
-                )
-            data = _read_until(body, limit + 1, deadline, ref.uri)
-            if length is not None and len(data) < length:
-                # A connection closed early: botocore does not check a sized read.
-                raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
-        except BotoCoreError as exc:
-            last = f"{type(exc).__name__} while reading the object"
-        else:
-            return _checked(data, limit)
-        finally:
-            body.close()
-        if attempt < cfg.max_attempts:
-            pause = min(2.0, 0.1 * 2**attempt)
-            if time.monotonic() + pause >= deadline:
-                break
-            time.sleep(pause)
+    attempt_s = cfg.connect_timeout_s + cfg.read_timeout_s
+    _BUDGET.value = (deadline, attempt_s)
+    try:
+        for attempt in range(1, cfg.max_attempts + 1):
+            resp = _get_object(client, ref, cfg)
+            body = resp["Body"]
+            try:
+                length = resp.get("ContentLength")
+                if length is not None and length > limit:
+                    raise RowError(
+                        ErrorCode.OBJECT_TOO_LARGE, f"{length} bytes exceeds the limit of {limit}"
+                    )
+                data = _read_until(body, limit + 1, deadline, ref.uri)
+                if length is not None and len(data) < length:
+                    # A connection closed early: botocore does not check a sized read.
+                    raise IncompleteReadError(actual_bytes=len(data), expected_bytes=length)
+            except BotoCoreError as exc:
+                last = f"{type(exc).__name__} while reading the object"
+            else:
+                return _checked(data, limit)
+            finally:
+                body.close()
+            if attempt < cfg.max_attempts:
+                pause = min(2.0, 0.1 * 2**attempt)
+                if time.monotonic() + pause + attempt_s >= deadline:
+                    break
+                time.sleep(pause)
+    finally:
+        _BUDGET.value = None
     raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {attempt} attempt(s): {ref.uri}")
+
+
+def _get_object(client: Any, ref: ObjectRef, cfg: StorageConfig) -> Any:
+    """``get_object`` with its failures classified as row errors."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return client.get_object(Bucket=ref.bucket, Key=ref.key)
+    except _OutOfTime as exc:
+        raise RowError(
+            ErrorCode.FETCH_FAILED,
+            f"{exc.last} after {exc.attempts} attempt(s), no time left for another "
+            f"(storage.fetch_deadline_s={cfg.fetch_deadline_s:g}): {ref.uri}",
+        ) from None
+    except ClientError as exc:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        if code in CREDENTIAL_CODES:
+            raise RowError(
+                ErrorCode.STORE_UNAVAILABLE,
+                f"the store refused the credentials ({code}): {ref.uri}",
+            ) from None
+        if code in _NOT_FOUND or status == "404":
+            raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
+        if code in _DENIED or status == "403":
+            raise RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}") from None
+        raise RowError(
+            ErrorCode.FETCH_FAILED,
+            f"S3 error {code or status} after {cfg.max_attempts} attempts: {ref.uri}",
+        ) from None
+    except BotoCoreError as exc:
+        name = type(exc).__name__
+        if name in _UNREACHABLE:
+            raise RowError(
+                ErrorCode.STORE_UNAVAILABLE, f"{name}, the store cannot be reached: {ref.uri}"
+            ) from None
+        raise RowError(
+            ErrorCode.FETCH_FAILED, f"{name} after {cfg.max_attempts} attempts: {ref.uri}"
+        ) from None
 
 
 #: Body reads are chunked so that the fetch deadline is checked while a slow body streams
@@ -266,6 +371,69 @@ def exists(uri: str) -> bool:
     return False
 
 
+class _RangedObject(io.RawIOBase):
+    """A seekable read-only view of an S3 object: each read is one ranged GET.
+
+    For reading Parquet footers (and a column chunk or two) on the driver without
+    downloading whole files.
+    """
+
+    def __init__(self, uri: str, ref: ObjectRef) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        self.uri, self.ref, self.pos = uri, ref, 0
+        try:
+            self.size = int(
+                s3_client().head_object(Bucket=ref.bucket, Key=ref.key)["ContentLength"]
+            )
+        except ClientError as exc:
+            raise _os_error(uri, exc) from None
+        except BotoCoreError as exc:
+            raise OSError(f"{uri}: {type(exc).__name__}") from None
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buf: Any) -> int:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        end = min(self.size, self.pos + len(buf))
+        if end <= self.pos:
+            return 0
+        try:
+            resp = s3_client().get_object(
+                Bucket=self.ref.bucket, Key=self.ref.key, Range=f"bytes={self.pos}-{end - 1}"
+            )
+            data = resp["Body"].read()
+        except ClientError as exc:
+            raise _os_error(self.uri, exc) from None
+        except BotoCoreError as exc:
+            raise OSError(f"{self.uri}: {type(exc).__name__}") from None
+        n = len(data)
+        buf[:n] = data
+        self.pos += n
+        return n
+
+
+def open_object(uri: str) -> BinaryIO:
+    """A seekable binary file over an object or local file (ranged GETs on S3)."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        return open(ref.key, "rb")
+    return io.BufferedReader(_RangedObject(uri, ref), buffer_size=256 << 10)
+
+
 def list_files(uri: str) -> Iterator[tuple[str, str]]:
     """(relative path, uri) of every object below a prefix or directory."""
     ref = _ref(uri)
@@ -338,3 +506,90 @@ def copy_tree_from_local(src: Path, uri: str) -> None:
     ]
     for i in range(0, len(stale), 1000):
         client.delete_objects(Bucket=ref.bucket, Delete={"Objects": stale[i : i + 1000]})
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create an object only if none exists: True when created, False when one was there.
+
+    Locally ``O_CREAT | O_EXCL`` (atomic on POSIX filesystems); on S3 a conditional
+    ``PutObject`` with ``If-None-Match: *`` (S3 refuses it with 412 when the key exists).
+    """
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        path = Path(ref.key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    from botocore.exceptions import ClientError
+
+    try:
+        s3_client().put_object(Bucket=ref.bucket, Key=ref.key, Body=data, IfNoneMatch="*")
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if status in (409, 412) or code in ("PreconditionFailed", "ConditionalRequestConflict"):
+            return False
+        raise _os_error(uri, exc) from None
+    return True
+
+
+def delete(uri: str) -> None:
+    """Delete one object or file; a missing one is not an error."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        Path(ref.key).unlink(missing_ok=True)
+        return
+    s3_client().delete_object(Bucket=ref.bucket, Key=ref.key)
+
+
+def delete_tree(uri: str) -> None:
+    """Delete a directory or every object under an S3 prefix; a missing one is no error."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        shutil.rmtree(ref.key, ignore_errors=True)
+        return
+    client = s3_client()
+    keys = [{"Key": ref.key.rstrip("/") + "/" + rel} for rel, _ in list_files(uri)]
+    for i in range(0, len(keys), 1000):
+        client.delete_objects(Bucket=ref.bucket, Delete={"Objects": keys[i : i + 1000]})
+
+
+def list_dirs(uri: str) -> list[str]:
+    """Names of the directories (S3: common prefixes) directly below ``uri``, sorted."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        root = Path(ref.key)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_dir())
+    prefix = ref.key.rstrip("/") + "/"
+    names = []
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix, Delimiter="/"):
+        for cp in page.get("CommonPrefixes", []):
+            names.append(cp["Prefix"][len(prefix) :].rstrip("/"))
+    return sorted(names)
+
+
+def list_names(uri: str) -> list[str]:
+    """Names of the objects (files) directly below ``uri``, sorted."""
+    ref = _ref(uri)
+    if ref.scheme == "file":
+        root = Path(ref.key)
+        if not root.is_dir():
+            return []
+        return sorted(p.name for p in root.iterdir() if p.is_file())
+    prefix = ref.key.rstrip("/") + "/"
+    names = []
+    paginator = s3_client().get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix, Delimiter="/"):
+        for obj in page.get("Contents", []):
+            names.append(obj["Key"][len(prefix) :])
+    return sorted(n for n in names if n)

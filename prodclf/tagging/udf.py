@@ -25,7 +25,7 @@ from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
 from prodclf.model.bundle import BundleMeta, calibrate
-from prodclf.model.runtime import PredictFn, Predictor, get_predictor
+from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
@@ -42,6 +42,48 @@ def predict_fixed_batches(predict: PredictFn, x: np.ndarray, batch_size: int) ->
             chunk = np.concatenate([chunk, pad])
         outputs.append(np.asarray(predict(chunk))[: min(batch_size, n - start)])
     return np.concatenate(outputs)
+
+
+def predict_isolating(
+    predict: PredictFn, x: np.ndarray, batch_size: int, classes: int, logits: bool = False
+) -> tuple[np.ndarray, dict[int, str]]:
+    """Probabilities for the rows of ``x``, and why the model failed on the others.
+
+    Each model call is a fixed-size batch (``predict_fixed_batches``). A call that raises
+    or answers with the wrong shape is retried on each half of its rows, recursively,
+    until the rows the model fails on are isolated: only those get a message; every other
+    row gets its probabilities. When one whole chunk fails row by row, the model is
+    broken rather than the rows, and later failing chunks are not bisected again.
+    """
+    n = len(x)
+    probs = np.full((n, classes), np.nan, dtype=np.float32)
+    failed: dict[int, str] = {}
+    broken = False
+
+    def call(lo: int, hi: int) -> np.ndarray:
+        out = predict_fixed_batches(predict, x[lo:hi], batch_size)
+        _check_output(out, hi - lo, classes)
+        return _softmax(out) if logits else out
+
+    def run(lo: int, hi: int) -> int:
+        """Fill rows lo..hi; returns how many of them failed."""
+        try:
+            probs[lo:hi] = call(lo, hi)
+            return 0
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"[:300]
+            if hi - lo == 1 or broken:
+                log.warning("model failed on %d row(s): %s", hi - lo, message)
+                failed.update(dict.fromkeys(range(lo, hi), message))
+                return hi - lo
+            mid = (lo + hi) // 2
+            return run(lo, mid) + run(mid, hi)
+
+    for start in range(0, n, batch_size):
+        end = min(start + batch_size, n)
+        if run(start, end) == end - start > 1:
+            broken = True
+    return probs, failed
 
 
 def finish_batch(
@@ -64,22 +106,22 @@ def finish_batch(
     errors = dict(batch.errors)
 
     if len(batch.ok_rows):
-        try:
-            x = scale_pixels(batch.pixels, meta.preprocessing.scale)
-            probs = predict_fixed_batches(predict, x, inference.model_batch_size)
-            if meta.output == "logits":
-                probs = _softmax(probs)
-            _check_output(probs, len(batch.ok_rows), meta.num_classes)
-            probs = calibrate(probs, meta)
-        except Exception as exc:
-            log.exception("inference failed on a batch of %d images", len(batch.ok_rows))
-            err = RowError(ErrorCode.INFERENCE_FAILED, f"{type(exc).__name__}: {exc}"[:300])
-            errors.update({int(i): err for i in batch.ok_rows})
-        else:
-            k = min(inference.top_k, meta.num_classes)
-            top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-            names = [lb.name for lb in meta.labels]
-            for row, p, idx in zip(batch.ok_rows.tolist(), probs, top, strict=True):
+        x = scale_pixels(batch.pixels, meta.preprocessing.scale)
+        probs, failed = predict_isolating(
+            predict,
+            x,
+            inference.model_batch_size,
+            meta.num_classes,
+            logits=meta.output == "logits",
+        )
+        probs = calibrate(probs, meta)  # the bundle's temperature; failed rows stay NaN
+        for i, message in failed.items():
+            errors[int(batch.ok_rows[i])] = RowError(ErrorCode.INFERENCE_FAILED, message)
+        k = min(inference.top_k, meta.num_classes)
+        top = np.argsort(-np.nan_to_num(probs, nan=-1.0), axis=1, kind="stable")[:, :k]
+        names = [lb.name for lb in meta.labels]
+        for i, (row, p, idx) in enumerate(zip(batch.ok_rows.tolist(), probs, top, strict=True)):
+            if i not in failed:
                 best = int(idx[0])
                 category[row] = names[best]
                 category_id[row] = meta.labels[best].id
@@ -145,12 +187,35 @@ def tag_batches(
 # --- the UDF ---------------------------------------------------------------------------
 
 
-def tag_images_udf(model_uri: str, storage: StorageConfig, inference: InferenceConfig) -> Any:
-    """A pandas iterator UDF: ``image_uri`` column -> ``PREDICTION`` struct column."""
+def error_frame(size: int, err: RowError) -> pd.DataFrame:
+    """``size`` rows, all with the same error."""
+    frame = pd.DataFrame({name: [None] * size for name in PREDICTION.fieldNames()})
+    frame["confidence"] = np.full(size, np.nan, dtype=np.float32)
+    frame["status"] = STATUS_ERROR
+    frame["error_code"] = err.code.value
+    frame["error_message"] = err.message
+    return frame
+
+
+def tag_images_udf(
+    model_uri: str, storage: StorageConfig, inference: InferenceConfig, fingerprint: str = ""
+) -> Any:
+    """A pandas iterator UDF: ``image_uri`` column -> ``PREDICTION`` struct column.
+
+    ``fingerprint`` is the driver's ``BundleMeta.fingerprint``: a worker that loads another
+    version of the bundle (republished meanwhile) tags none of its rows with it; they
+    become ``inference_failed`` rows, which the run's error-rate check then judges.
+    """
     from pyspark.sql.functions import pandas_udf
 
     def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        predictor = get_predictor(model_uri, inference.use_gpu)
+        try:
+            predictor = get_predictor(model_uri, inference.use_gpu, fingerprint)
+        except BundleChanged as exc:
+            err = RowError(ErrorCode.INFERENCE_FAILED, str(exc)[:300])
+            for batch in uris:
+                yield error_frame(len(batch), err)
+            return
         yield from tag_batches(uris, predictor, storage, inference)
 
     # Non-deterministic so the optimizer never duplicates the call per struct field.

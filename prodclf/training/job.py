@@ -34,6 +34,7 @@ from prodclf.images import PreprocessSpec
 from prodclf.model.bundle import BundleMeta, Label, export_bundle
 from prodclf.model.calibration import apply_temperature, fit_temperature, logits_of
 from prodclf.model.catalog import CUSTOM, ModelOptions, architecture_info, inspect_backbone_file
+from prodclf.requirements import require_training
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import normalize_location, parse_uri
 from prodclf.training.data import (
@@ -134,7 +135,8 @@ def _plan_custom(cfg: TrainConfig) -> Plan:
 
 
 def train_preflight(cfg: TrainConfig) -> Plan:
-    """Refuse bad arguments before Spark starts: locations, weights, label map."""
+    """Refuse before Spark starts: training stack, locations, weights, label map."""
+    require_training()
     tables.refuse_overlap(cfg.base_library, cfg.model_out, "--model-out")
     tables.require_dataset(cfg.base_library, "base library")
     if cfg.labels:

@@ -17,6 +17,8 @@ from prodclf.config import EvaluateConfig, TagConfig
 from prodclf.errors import ConfigError, InputError
 from prodclf.evaluation.job import evaluate_preflight, run_evaluate, score_tags
 
+pytestmark = pytest.mark.spark4
+
 DAY = date(2026, 11, 20)
 
 

@@ -20,6 +20,8 @@ from prodclf.evaluation.metrics import (
     top_k_accuracy,
 )
 
+pytestmark = pytest.mark.spark4
+
 # The worked example used throughout: 3 classes, 6 products.
 #
 #   product      0     1     2     3     4     5

@@ -19,6 +19,8 @@ from prodclf.evaluation.report import (
     write_report,
 )
 
+pytestmark = pytest.mark.spark4
+
 LABELS = ["shirt", "shoe", "bag"]
 
 

@@ -12,6 +12,8 @@ from prodclf.errors import ModelBundleError
 from prodclf.images import PreprocessSpec
 from prodclf.model.bundle import META_FILE, SAVED_MODEL_DIR, BundleMeta, Label, read_meta
 
+pytestmark = pytest.mark.spark4
+
 SHOES = "Apparel & Accessories > Shoes"
 
 

@@ -30,7 +30,7 @@ from prodclf.config import InferenceConfig, TagConfig
 from prodclf.images import PreprocessSpec
 from prodclf.model.bundle import BundleMeta, Label, export_bundle, read_meta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 
 class Trap:

@@ -25,6 +25,8 @@ from prodclf.errors import ErrorCode, RowError
 from prodclf.storage import objects
 from prodclf.storage.uris import parse_uri
 
+pytestmark = pytest.mark.spark4
+
 CFG = StorageConfig(max_object_bytes=1000, connect_timeout_s=1.0, read_timeout_s=2.0)
 
 
@@ -338,7 +340,8 @@ def test_s3_body_cut_short_is_retried_then_fetch_failed(fake_s3: FakeS3) -> None
     assert fetch("s3://b/once.png", RETRY2) == b"complete"
 
 
-def test_s3_closed_port_is_fetch_failed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_closed_port_is_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused connections concern the store, not the product: never a per-product code."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -347,10 +350,61 @@ def test_s3_closed_port_is_fetch_failed(monkeypatch: pytest.MonkeyPatch) -> None
     try:
         with pytest.raises(RowError) as info:
             fetch("s3://b/x.png", RETRY2)
-        assert info.value.code is ErrorCode.FETCH_FAILED
-        assert "after 2 attempts" in info.value.message
+        assert info.value.code is ErrorCode.STORE_UNAVAILABLE
+        assert "EndpointConnectionError, the store cannot be reached" in info.value.message
+        # A name that does not resolve: the same (botocore reports DNS failures alike).
+        point_boto3_at(monkeypatch, "http://prodclf-no-such-host.invalid:9")
+        objects.s3_client.cache_clear()
+        assert fetch_code("s3://b/x.png", RETRY2) is ErrorCode.STORE_UNAVAILABLE
     finally:
         objects.s3_client.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(403, "InvalidAccessKeyId"), (403, "SignatureDoesNotMatch"), (400, "ExpiredToken")],
+)
+def test_rejected_credentials_are_store_unavailable_not_access_denied(
+    fake_s3: FakeS3, status: int, code: str
+) -> None:
+    fake_s3.script["/b/x.png"] = [("error", (status, code))]
+    with pytest.raises(RowError) as info:
+        fetch("s3://b/x.png", RETRY2)
+    assert info.value.code is ErrorCode.STORE_UNAVAILABLE
+    assert f"refused the credentials ({code})" in info.value.message
+    assert fake_s3.hits == ["/b/x.png"]  # not retried
+
+
+def test_the_fetch_deadline_bounds_botocores_own_retries(s3_endpoint: str, s3: Any) -> None:
+    """Every attempt stalls until the read timeout: botocore alone would make 10 of them."""
+    import time
+
+    from faultproxy import STALL, FaultProxy
+
+    bucket = f"stall-{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="x.png", Body=b"x" * 100)
+    cfg = StorageConfig(
+        connect_timeout_s=0.5, read_timeout_s=1.0, max_attempts=10, fetch_deadline_s=4.0
+    )
+    path = f"/{bucket}/x.png"
+    with FaultProxy(s3_endpoint, rules={path: STALL}, stall_max_s=20) as proxy:
+        saved = os.environ["AWS_ENDPOINT_URL_S3"]
+        os.environ["AWS_ENDPOINT_URL_S3"] = proxy.endpoint
+        objects.s3_client.cache_clear()
+        try:
+            t0 = time.monotonic()
+            with pytest.raises(RowError) as info:
+                fetch(f"s3:/{path}", cfg)
+            elapsed = time.monotonic() - t0
+        finally:
+            os.environ["AWS_ENDPOINT_URL_S3"] = saved
+            objects.s3_client.cache_clear()
+        attempts = len(proxy.requests_for(path))
+    assert info.value.code is ErrorCode.FETCH_FAILED
+    assert "no time left for another (storage.fetch_deadline_s=4)" in info.value.message
+    assert elapsed <= cfg.fetch_deadline_s, elapsed
+    assert 2 <= attempts < 10, attempts
 
 
 def test_a_trickling_body_ends_at_the_fetch_deadline() -> None:

@@ -17,6 +17,8 @@ from prodclf.storage.uris import (
     spark_location,
 )
 
+pytestmark = pytest.mark.spark4
+
 
 @pytest.mark.parametrize(
     ("uri", "expected"),

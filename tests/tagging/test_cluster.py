@@ -29,7 +29,7 @@ import pyspark
 import pytest
 from conftest import COLORS, ROOT, png_bytes
 
-pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.spark4]
 
 SPARK_HOME = Path(pyspark.__file__).resolve().parent
 JOB = ROOT / "jobs" / "tag_catalog.py"

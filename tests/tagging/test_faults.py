@@ -41,6 +41,8 @@ from prodclf.errors import ModelBundleError
 from prodclf.model.bundle import read_meta
 from prodclf.storage import objects
 
+pytestmark = pytest.mark.spark4
+
 RUN_DATE = "2026-11-22"
 RATE = 0.2
 SEED = 8

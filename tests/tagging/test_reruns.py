@@ -31,7 +31,8 @@ from faultproxy import FaultProxy
 from jobproc import (
     JobProcess,
     color_products,
-    complete_run,
+    complete_runs,
+    current_rows,
     job_env,
     make_bucket,
     manifests,
@@ -48,8 +49,9 @@ from pyspark.sql import SparkSession
 
 from prodclf.config import InferenceConfig, StorageConfig, TagConfig
 from prodclf.storage import tables
+from prodclf.storage.warehouse import LockedError
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1, DAY2 = "2026-11-20", "2026-11-21"
 PRODUCTS = 40
@@ -74,7 +76,7 @@ def base_uri_path(base: Path, product_id: str) -> str:
 
 
 def in_process_run(
-    spark: SparkSession, base: Path, out: Path, bundle: Path, day: str, run_id: str
+    spark: SparkSession, base: Path, out: Path, bundle: Path, day: str, run_id: str, **more: Any
 ) -> dict[str, Any]:
     cfg = TagConfig(
         base_library=str(base),
@@ -84,13 +86,14 @@ def in_process_run(
         run_id=run_id,
         storage=StorageConfig(allowed_schemes=("s3",)),
         inference=InferenceConfig(model_batch_size=8, use_gpu=False),
+        **more,
     )
     return run_tag_job(cfg, spark)
 
 
-def tags(out: Path, day: str) -> dict[str, tuple[Any, ...]]:
+def tags(out: Path, day: str, run_id: str) -> dict[str, tuple[Any, ...]]:
     """What a run decided per product (everything but run_id and tagged_at)."""
-    table = outcome(read_partition(out, day), *TAG_COLUMNS)
+    table = outcome(read_partition(out, day, run_id), *TAG_COLUMNS)
     return {pid: tuple(plain(v) for v in row) for pid, row in table.items()}
 
 
@@ -113,24 +116,27 @@ def wait_for(job: JobProcess, what: str, check: Any, timeout_s: float = 180) -> 
         time.sleep(0.25)
 
 
-def test_a_run_killed_mid_write_leaves_no_manifest_and_a_rerun_repairs_the_date(
+def test_a_run_killed_mid_run_leaves_no_manifest_and_its_rerun_completes_it(
     spark: SparkSession, s3_endpoint: str, color_bundle: Path, tmp_path: Path
 ) -> None:
     base, expected = s3_catalog(tmp_path, "rerun")
     out = tmp_path / "commodity"
     in_process_run(spark, base, out, color_bundle, DAY1, "day1")
     in_process_run(spark, base, out, color_bundle, DAY2, "day2-first")
+    history = out / "tags_history"
     before = {
         "base": tree_digest(base),
-        "day1": tree_digest(out / f"run_date={DAY1}"),
-        "day2": tree_digest(out / f"run_date={DAY2}"),
+        "day1": tree_digest(history / f"run_date={DAY1}"),
+        "day2": tree_digest(history / f"run_date={DAY2}"),
+        "current": tree_digest(out / "tags_current"),
     }
-    first_tags = tags(out, DAY2)
-    assert complete_run(out, DAY2) == "day2-first"
+    first_tags = tags(out, DAY2, "day2-first")
+    assert complete_runs(out, DAY2) == ["day2-first"]
 
     # The killed run reaches S3 through a proxy that holds the request for one image
-    # unanswered: the task with that product cannot finish, while the others write their
-    # rows and commit them to the job's staging area. It is killed in that state.
+    # unanswered: the task with that product cannot finish, while the others tag their
+    # products. The rows are checked (error rates) before anything is written, so nothing
+    # of this run is in the library yet. It is killed in that state.
     config = write_config(
         tmp_path / "slow.yaml",
         storage={"allowed_schemes": ["s3"], "read_timeout_s": 300, "fetch_concurrency": 2},
@@ -142,36 +148,96 @@ def test_a_run_killed_mid_write_leaves_no_manifest_and_a_rerun_repairs_the_date(
         proxy.hold([held])
         with running_job(argv, job_env(proxy.endpoint), tmp_path / "logs") as job:
 
-            def mid_write() -> bool:
-                return proxy.waiting > 0 and bool(uncommitted_parts(out))
+            def mid_run() -> bool:
+                return proxy.waiting > 0 and proxy.forwarded() >= PRODUCTS - 10
 
-            wait_for(job, "rows written by the killed run", mid_write)
+            wait_for(job, "the other products fetched by the killed run", mid_run)
             job.kill_hard()
             assert not job.pids()
 
-    # What the kill left: a hidden staging directory with the run's partial output, no
-    # manifest, and the date's previous complete run, untouched and still complete.
-    assert uncommitted_parts(out)
+    # What the kill left: nothing of the killed run's rows (they are judged before any
+    # is written), no manifest, its dead lock; the other runs and tags_current untouched.
+    assert not staging_debris(out) and not uncommitted_parts(out)
     assert "killed" not in manifests(out)
-    assert tree_digest(out / f"run_date={DAY2}") == before["day2"]
-    assert complete_run(out, DAY2) == "day2-first"
+    assert tree_digest(history / f"run_date={DAY2}") == before["day2"]
+    assert tree_digest(out / "tags_current") == before["current"]
+    assert complete_runs(out, DAY2) == ["day2-first"]
+    assert "killed" in (out / "_lock.json").read_text()
 
-    manifest = in_process_run(spark, base, out, color_bundle, DAY2, "day2-rerun")
+    # The rerun of the same run id takes over the dead run's lock and completes it.
+    manifest = in_process_run(spark, base, out, color_bundle, DAY2, "killed")
 
-    rows = read_partition(out, DAY2)
+    rows = read_partition(out, DAY2, "killed")
     assert outcome(rows, "category") == expected  # every product exactly once
-    assert set(rows["run_id"]) == {"day2-rerun"}
     assert manifest["rows_written"] == manifest["products_in"] == PRODUCTS
-    assert complete_run(out, DAY2) == "day2-rerun"
-    assert sorted(manifests(out)) == ["day1", "day2-first", "day2-rerun"]  # never "killed"
-    assert tags(out, DAY2) == first_tags  # same input, model and date: same tags
-    # Other dates and the base library are byte for byte what they were.
-    assert tree_digest(out / f"run_date={DAY1}") == before["day1"]
+    assert complete_runs(out, DAY2) == ["day2-first", "killed"]
+    assert sorted(manifests(out)) == ["day1", "day2-first", "killed"]
+    assert tags(out, DAY2, "killed") == first_tags  # same input, model and date: same tags
+    # Other runs and the base library are byte for byte what they were.
+    assert tree_digest(history / f"run_date={DAY1}") == before["day1"]
+    assert tree_digest(history / f"run_date={DAY2}" / "run_id=day2-first") == {
+        k.removeprefix("run_id=day2-first/"): v for k, v in before["day2"].items()
+    }
     assert tree_digest(base) == before["base"]
-    # Readers do not see the dead run's staging files: Spark reads the date's rows only.
-    assert tables.read_commodity_run(spark, str(out), date.fromisoformat(DAY2)).count() == (
-        PRODUCTS
+    assert not (out / "_lock.json").exists()
+    # Readers do not see the dead run's staging files: Spark reads the run's rows only.
+    day2 = date.fromisoformat(DAY2)
+    assert tables.read_commodity_run(spark, str(out), day2, run_id="killed").count() == PRODUCTS
+
+
+def test_a_second_run_is_refused_while_one_runs_and_a_killed_incremental_run_is_repaired(
+    spark: SparkSession, s3_endpoint: str, color_bundle: Path, tmp_path: Path
+) -> None:
+    base, expected = s3_catalog(tmp_path, "incr")
+    out = tmp_path / "commodity"
+    in_process_run(spark, base, out, color_bundle, DAY1, "full-1")
+    # Ten new products arrive in the catalog.
+    s3 = boto3.client("s3")
+    bucket = pd.read_parquet(base)["image_uri"].iloc[0].split("/")[2]
+    new = color_products(s3, bucket, 10, prefix="n")
+    rows = [
+        *pd.read_parquet(base).to_dict("records"),
+        *[{"product_id": p, "image_uri": f"s3://{bucket}/img/{p}.png"} for p in new],
+    ]
+    base2 = write_base(tmp_path / "base2", rows)
+    current_before = tree_digest(out / "tags_current")
+
+    config = write_config(
+        tmp_path / "slow.yaml",
+        storage={"allowed_schemes": ["s3"], "read_timeout_s": 300, "fetch_concurrency": 2},
+        inference={"arrow_batch_size": 2, "model_batch_size": 2, "rows_per_partition": 5},
     )
+    argv = [*tag_argv(base2, out, color_bundle, DAY2, "inc", config), "--mode", "incremental"]
+    with FaultProxy(s3_endpoint) as proxy:
+        proxy.hold([base_uri_path(base2, "n005")])
+        with running_job(argv, job_env(proxy.endpoint), tmp_path / "logs") as job:
+            wait_for(
+                job,
+                "the incremental run holding its lock mid-fetch",
+                lambda: proxy.waiting > 0 and (out / "_lock.json").exists(),
+            )
+            # A second run on the library meanwhile: refused, with the owner; nothing written.
+            with pytest.raises(LockedError) as refused:
+                in_process_run(spark, base2, out, color_bundle, DAY2, "second")
+            assert "is locked by prodclf tag incremental run inc (host" in str(refused.value)
+            job.kill_hard()
+
+    assert sorted(manifests(out)) == ["full-1"]
+    assert tree_digest(out / "tags_current") == current_before
+
+    manifest = in_process_run(spark, base2, out, color_bundle, DAY2, "inc", mode="incremental")
+
+    assert manifest["reasons"] == {"new": 10}
+    assert outcome(read_partition(out, DAY2, "inc"), "category") == {
+        p: ("ok", None, c) for p, c in new.items()
+    }
+    current = current_rows(out)
+    assert outcome(current, "category", "run_id") == {
+        **{p: (*v, "full-1") for p, v in expected.items()},
+        **{p: ("ok", None, c, "inc") for p, c in new.items()},
+    }
+    assert complete_runs(out, DAY2) == ["inc"]
+    assert sorted(manifests(out)) == ["full-1", "inc"]
 
 
 def test_a_crashed_python_worker_is_retried_without_duplicates_or_gaps(
@@ -211,5 +277,5 @@ def test_a_crashed_python_worker_is_retried_without_duplicates_or_gaps(
     assert len(rows) == PRODUCTS
     manifest = manifests(out)["crash-run"]
     assert manifest["rows_written"] == manifest["products_in"] == manifest["ok"] == PRODUCTS
-    assert complete_run(out, DAY1) == "crash-run"
+    assert complete_runs(out, DAY1) == ["crash-run"]
     assert not staging_debris(out)

@@ -17,7 +17,7 @@ from prodclf.config import TagConfig
 from prodclf.schemas import COMMODITY_LIBRARY
 from prodclf.storage import tables
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 DAY1 = date(2026, 11, 20)
 DAY2 = date(2026, 11, 21)
@@ -33,10 +33,11 @@ def config(cat: Catalog, out: Path, bundle: Path, day: date, run_id: str) -> Tag
     )
 
 
+OUTCOME = ("product_id", "status", "error_code", "category")
+
+
 def outcome(spark: SparkSession, out: Path, day: date) -> list[tuple[object, ...]]:
-    rows = tables.read_commodity_run(spark, str(out), day).select(
-        "product_id", "status", "error_code", "category"
-    )
+    rows = tables.read_commodity_run(spark, str(out), day).select(*OUTCOME)
     return sorted(tuple(r) for r in rows.collect())
 
 
@@ -86,12 +87,12 @@ def test_rows_follow_the_commodity_contract(
 ) -> None:
     out = tmp_path / "commodity"
     run_tag_job(config(catalog, out, pathed_bundle, DAY1, "r1"), spark)
-    df = spark.read.parquet(str(out))
+    df = spark.read.parquet(str(out / "tags_history"))  # a plain read, partitions inferred
     assert [(f.name, f.dataType) for f in df.schema.fields] == [
         (f.name, f.dataType) for f in COMMODITY_LIBRARY.fields
     ]
-    assert [p.name for p in out.iterdir() if p.name.startswith("run_date=")] == [
-        "run_date=2026-11-20"
+    assert sorted(p.relative_to(out).as_posix() for p in out.glob("tags_history/*/*")) == [
+        "tags_history/run_date=2026-11-20/run_id=r1"
     ]
     red = df.where(F.col("product_id") == "p001").first()
     assert red is not None
@@ -118,24 +119,36 @@ def test_base_library_and_images_are_byte_identical_after_a_run(
     assert (tree_digest(catalog.base), tree_digest(catalog.images)) == before
 
 
-def test_rerun_replaces_only_its_own_partition(
+def test_runs_of_one_date_coexist_and_a_rerun_of_a_complete_run_changes_nothing(
     spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "commodity"
     run_tag_job(config(catalog, out, color_bundle, DAY1, "day1"), spark)
-    run_tag_job(config(catalog, out, color_bundle, DAY2, "day2"), spark)
-    day1_files = tree_digest(out / "run_date=2026-11-20")
-    first = outcome(spark, out, DAY2)
+    first = run_tag_job(config(catalog, out, color_bundle, DAY2, "day2"), spark)
+    before = tree_digest(out)
 
-    run_tag_job(config(catalog, out, color_bundle, DAY2, "day2-rerun"), spark)
+    again = run_tag_job(config(catalog, out, color_bundle, DAY2, "day2"), spark)
 
-    assert tree_digest(out / "run_date=2026-11-20") == day1_files
-    assert outcome(spark, out, DAY2) == first == expected(catalog)
-    run_ids = tables.read_commodity_run(spark, str(out), DAY2).select("run_id").distinct()
-    assert [r.run_id for r in run_ids.collect()] == ["day2-rerun"]
-    assert sorted(p.name for p in (out / "_runs").iterdir()) == [
+    assert again == first  # idempotent: the complete run's manifest, nothing rewritten
+    changed = {k for k, v in tree_digest(out).items() if before.get(k) != v}
+    assert changed <= {"runs/runs.parquet"}, changed  # rebuilt from the same manifests
+
+    run_tag_job(config(catalog, out, color_bundle, DAY2, "day2-b"), spark)
+    after = tree_digest(out)
+    for prefix in (
+        "tags_history/run_date=2026-11-20/",
+        "tags_history/run_date=2026-11-21/run_id=day2/",
+    ):
+        assert {k: v for k, v in after.items() if k.startswith(prefix)} == {
+            k: v for k, v in before.items() if k.startswith(prefix)
+        }
+    for run_id in ("day2", "day2-b"):  # each run's rows stay addressable by run_id
+        rows = tables.read_commodity_run(spark, str(out), DAY2, run_id=run_id)
+        got = sorted(tuple(r) for r in rows.select(*OUTCOME).collect())
+        assert got == expected(catalog)
+    assert sorted(p.name for p in (out / "_runs").glob("*.json")) == [
         "day1.json",
-        "day2-rerun.json",
+        "day2-b.json",
         "day2.json",
     ]
 

@@ -21,7 +21,7 @@ from pyspark.sql import SparkSession
 from prodclf.config import InferenceConfig, StorageConfig, TagConfig
 from prodclf.storage import objects, tables
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
 RUN_DATE = date(2026, 11, 20)
 

@@ -6,7 +6,9 @@ import json
 import subprocess
 import sys
 import uuid
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,21 @@ from conftest import COLORS, jpeg_bytes, png_bytes
 from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreparedBatch, PreprocessSpec, prepare_batch
+from prodclf.model import runtime
 from prodclf.model.bundle import BundleMeta, Label
 from prodclf.model.runtime import (
     Predictor,
     load_predictor,
     materialize_bundle,
+    tf_device,
     visible_devices_env,
 )
 from prodclf.schemas import PREDICTION
 from prodclf.storage import objects
-from prodclf.tagging.udf import finish_batch, predict_fixed_batches, tag_batches
+from prodclf.tagging import udf as udf_module
+from prodclf.tagging.udf import finish_batch, predict_fixed_batches, tag_batches, tag_images_udf
+
+pytestmark = pytest.mark.spark4
 
 
 class RecordingPredict:
@@ -198,6 +205,62 @@ def test_model_failure_fails_the_ok_rows_only(predict: Any) -> None:
         assert df["error_message"][0] == "RuntimeError: CUDA out of memory"
 
 
+POISON = (13, 13, 13)
+
+
+def poisoned(x: np.ndarray) -> np.ndarray:
+    """A model that raises on any batch holding a poison pixel (a real model's NaN, a bad
+    shape in a custom op...), else behaves."""
+    if (x.reshape(len(x), 3) == 13).all(axis=1).any():
+        raise ValueError("non-finite activation")
+    return normalise(x)
+
+
+@pytest.mark.parametrize("bad_rows", [[3], [0, 7], [5, 6, 9]])
+def test_a_failing_batch_is_bisected_until_only_the_bad_rows_fail(bad_rows: list[int]) -> None:
+    rows: list[tuple[int, int, int] | RowError] = [(50, 20, 30)] * 10
+    for i in bad_rows:
+        rows[i] = POISON
+    rows[1] = MISSING
+    predict = RecordingPredict(poisoned)
+    df = finish_batch(batch_of(rows), predict, meta(), InferenceConfig(model_batch_size=4))
+    expected = ["ok"] * 10
+    for i in bad_rows:
+        expected[i] = "inference_failed"
+    expected[1] = "not_found"
+    assert [r.error_code or r.status for r in df.itertuples()] == expected
+    assert df["category"][2] == "red"
+    for i in bad_rows:
+        assert df["error_message"][i] == "ValueError: non-finite activation"
+    assert set(predict.shapes) == {(4, 1, 1, 3)}  # halves are padded to the model batch too
+
+
+def test_a_model_that_always_fails_is_not_bisected_over_and_over() -> None:
+    predict = RecordingPredict(boom)
+    df = finish_batch(
+        batch_of([(1, 2, 3)] * 16), predict, meta(), InferenceConfig(model_batch_size=4)
+    )
+    assert set(df["error_code"]) == {"inference_failed"}
+    # The first chunk of 4 is bisected (1 + 2 + 4 calls); the model is then known broken
+    # and each later chunk costs one call.
+    assert len(predict.shapes) == 7 + 3
+
+
+def test_an_unexpected_exception_is_internal_error_naming_its_type(
+    monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    def fetch(ref: Any, cfg: Any) -> bytes:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(objects, "fetch_image_bytes", fetch)
+    with ThreadPoolExecutor(2) as pool:
+        batch = prepare_batch(
+            pd.Series([images["red"]]), PreprocessSpec(4, 4), StorageConfig(), pool
+        )
+    err = batch.errors[0]
+    assert err.code is ErrorCode.INTERNAL_ERROR and err.message == "KeyError: 'a bug'"
+
+
 def test_a_batch_of_errors_never_calls_the_model() -> None:
     predict = RecordingPredict(normalise)
     df = finish_batch(batch_of([MISSING, CORRUPT]), predict, meta(), InferenceConfig())
@@ -308,6 +371,52 @@ def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
     assert set(predictor.predict.shapes) == {(2, 4, 4, 3)}  # type: ignore[attr-defined]
 
 
+def test_the_next_batch_is_prepared_while_the_model_runs(
+    monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    """The model's call on batch i waits (up to 5 s) for batch i+1's preparation to start.
+
+    With prefetch, it has started already; without it, the preparation of batch i+1 only
+    starts after the model returns, and the wait times out.
+    """
+    import threading
+
+    started = [threading.Event() for _ in range(3)]
+    calls = iter(range(3))
+    real = udf_module.prepare_batch
+
+    def prepare(uris: pd.Series, *args: Any) -> PreparedBatch:
+        started[int(uris.name)].set()
+        return real(uris, *args)
+
+    overlapped: list[bool] = []
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        i = next(calls)
+        if i + 1 < len(started):
+            overlapped.append(started[i + 1].wait(timeout=5))
+        return colour_model(x)
+
+    monkeypatch.setattr(udf_module, "prepare_batch", prepare)
+    bundle = BundleMeta(
+        model_name="c",
+        model_version="1",
+        labels=(Label("red", "1"), Label("blue", "2")),
+        preprocessing=PreprocessSpec(4, 4, "rgb", "unit"),
+    )
+    batches = [pd.Series([images[c]], name=str(i)) for i, c in enumerate(["red", "blue", "red"])]
+    frames = list(
+        tag_batches(
+            iter(batches),
+            Predictor(bundle, predict),
+            StorageConfig(fetch_concurrency=2),
+            InferenceConfig(model_batch_size=1, top_k=1),
+        )
+    )
+    assert [f["category"][0] for f in frames] == ["red", "blue", "red"]
+    assert overlapped == [True, True]
+
+
 def test_tag_batches_of_nothing_yields_nothing() -> None:
     bundle = meta()
     assert (
@@ -360,8 +469,7 @@ def test_materialize_bundle_downloads_an_s3_bundle_once(
 @pytest.mark.parametrize(
     ("gpus", "use_gpu", "expected"),
     [
-        (("1", "3"), True, "1,3"),
-        (("0",), True, "0"),
+        (("1", "3"), True, None),  # every GPU stays visible: a reused worker may get another
         ((), True, None),
         ((), False, ""),
         (("1",), False, ""),
@@ -369,6 +477,126 @@ def test_materialize_bundle_downloads_an_s3_bundle_once(
 )
 def test_visible_devices_env(gpus: tuple[str, ...], use_gpu: bool, expected: str | None) -> None:
     assert visible_devices_env(gpus, use_gpu) == expected
+
+
+@pytest.mark.parametrize(
+    ("gpus", "visible", "device"),
+    [
+        ((), None, None),
+        (("0",), None, "/GPU:0"),
+        (("3",), None, "/GPU:3"),
+        (("3",), "2,3", "/GPU:1"),  # TF numbers the visible GPUs from 0
+        (("1", "2"), "0,1,2", "/GPU:1"),
+        (("GPU-uuid",), None, None),
+    ],
+)
+def test_tf_device_maps_spark_addresses(
+    gpus: tuple[str, ...], visible: str | None, device: str | None
+) -> None:
+    assert tf_device(gpus, visible) == device
+
+
+# --- the per-worker predictor cache -------------------------------------------------------
+
+
+@pytest.fixture
+def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[str, ...]]]:
+    """``load_predictor`` replaced: records (uri, gpus) and returns a fake predictor."""
+    loads: list[tuple[str, tuple[str, ...]]] = []
+
+    def load(uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None) -> Predictor:
+        loads.append((uri, gpus or ()))
+        version = uri.rsplit("/", 1)[-1]
+        return Predictor(replace(meta(), model_version=version), normalise)
+
+    monkeypatch.setattr(runtime, "load_predictor", load)
+    monkeypatch.setattr(runtime, "_PREDICTORS", OrderedDict())
+    return loads
+
+
+def test_the_model_is_loaded_once_per_worker(
+    fake_loads: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runtime, "task_gpu_addresses", lambda: ())
+    fp = replace(meta(), model_version="v1").fingerprint
+    first = runtime.get_predictor("s3://m/v1", True, fp)
+    assert all(runtime.get_predictor("s3://m/v1", True, fp) is first for _ in range(5))
+    assert fake_loads == [("s3://m/v1", ())]
+
+
+def test_the_cache_is_keyed_by_the_tasks_gpus(
+    fake_loads: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpus = iter([("0",), ("1",), ("0",)])
+    monkeypatch.setattr(runtime, "task_gpu_addresses", lambda: next(gpus))
+    a = runtime.get_predictor("s3://m/v1")
+    b = runtime.get_predictor("s3://m/v1")  # the reused worker's next task got GPU 1
+    assert runtime.get_predictor("s3://m/v1") is a
+    assert b is not a
+    assert fake_loads == [("s3://m/v1", ("0",)), ("s3://m/v1", ("1",))]
+
+
+def test_the_cache_is_bounded(fake_loads: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtime, "task_gpu_addresses", lambda: ())
+    for version in ("v1", "v2", "v3", "v1"):
+        runtime.get_predictor(f"s3://m/{version}")
+    assert len(runtime._PREDICTORS) == runtime.CACHE_SIZE == 2
+    assert [u for u, _ in fake_loads] == ["s3://m/v1", "s3://m/v2", "s3://m/v3", "s3://m/v1"]
+
+
+def test_a_bundle_other_than_the_drivers_tags_nothing(
+    fake_loads: list[Any], monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    monkeypatch.setattr(runtime, "task_gpu_addresses", lambda: ())
+    driver_read = replace(meta(), model_version="v1").fingerprint
+    with pytest.raises(runtime.BundleChanged, match="not the version the driver read"):
+        runtime.get_predictor("s3://m/v2", True, driver_read)
+    assert not runtime._PREDICTORS
+    udf = tag_images_udf("s3://m/v2", StorageConfig(), InferenceConfig(), driver_read)
+    frames = list(udf.func(iter([pd.Series([images["red"], images["blue"]]), pd.Series(["x"])])))
+    assert [len(f) for f in frames] == [2, 1]
+    assert {(r.status, r.error_code) for f in frames for r in f.itertuples()} == {
+        ("error", "inference_failed")
+    }
+    assert list(frames[0].columns) == PREDICTION.fieldNames()
+
+
+def test_concurrent_first_loads_download_once_and_leave_no_staging(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import tempfile
+    import threading
+    import time
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    meta_bytes = meta().to_json().encode()
+    downloads: list[int] = []
+
+    def copy_tree(uri: str, dest: Path) -> Path:
+        downloads.append(threading.get_ident())
+        time.sleep(0.3)  # every other worker arrives meanwhile
+        (dest / "saved_model").mkdir(parents=True)
+        (dest / "bundle.json").write_bytes(meta_bytes)
+        return dest
+
+    monkeypatch.setattr(objects, "read_bytes", lambda uri: meta_bytes)
+    monkeypatch.setattr(objects, "copy_tree_to_local", copy_tree)
+    with ThreadPoolExecutor(6) as pool:
+        paths = list(pool.map(lambda _: materialize_bundle("s3://m/bundle"), range(6)))
+    assert len(set(paths)) == 1 and (paths[0] / "bundle.json").read_bytes() == meta_bytes
+    assert len(downloads) == 1
+    root = tmp_path / "prodclf-models"
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [paths[0].name]
+
+    def broken_copy(uri: str, dest: Path) -> Path:
+        (dest / "half").write_bytes(b"x")
+        raise OSError("connection reset")
+
+    monkeypatch.setattr(objects, "read_bytes", lambda uri: meta_bytes + b" ")
+    monkeypatch.setattr(objects, "copy_tree_to_local", broken_copy)
+    with pytest.raises(OSError, match="connection reset"):
+        materialize_bundle("s3://m/bundle")
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [paths[0].name]  # no staging left
 
 
 def test_driver_modules_do_not_import_tensorflow() -> None:

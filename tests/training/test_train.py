@@ -31,6 +31,9 @@ from prodclf.training.data import (
 )
 from prodclf.training.job import class_weights, plan_model, train_preflight
 
+# Training needs the train extra (petastorm): Spark 3.5 only.
+pytestmark = pytest.mark.train
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"

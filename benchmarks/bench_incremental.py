@@ -1,0 +1,198 @@
+"""``make bench-incremental``: how long an incremental run takes to decide what to tag.
+
+Synthetic data, no images: a base library of ``--rows`` products and a ``tags_current``
+snapshot for yesterday's catalog (every product tagged by model version 1, 0.5% with a
+``fetch_failed`` error), then today's catalog with ``--change`` of the products changed:
+half new photos (``image_uri``), a quarter a changed ``image_updated_at``, a quarter new
+products (as many old ones left). The timed part is exactly what ``prodclf tag --mode
+incremental --dry-run`` does: read the base library, one row per product, one join with
+``tags_current``, the counts by reason. Results go to ``bench-workdir/incremental.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from prodclf.config import SparkConfig, TagConfig
+from prodclf.schemas import COMMODITY_LIBRARY, CURRENT_TAGS
+from prodclf.session import create_session
+from prodclf.storage import tables, warehouse
+from prodclf.tagging.current import merge_current
+from prodclf.tagging.job import plan_selection, read_inputs
+
+
+def size_mb(path: Path) -> float:
+    return round(sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 2**20, 1)
+
+
+def base_rows(spark: SparkSession, rows: int, change: float, today: bool) -> DataFrame:
+    """The catalog; ``today`` applies the day's changes, keyed on a hash of the id."""
+    ids = spark.range(rows).withColumn("h", F.abs(F.hash("id")) % 100_000 / 100_000.0)
+    cut = F.col("h") < F.lit(change)
+    pid = F.format_string("p%09d", "id")
+    uri = F.format_string("s3://catalog-images/img/%09d.jpg", "id")
+    if not today:
+        return ids.select(
+            pid.alias("product_id"), uri.alias("image_uri"), F.lit("v1").alias("image_updated_at")
+        )
+    kind = F.col("h") / F.lit(change)  # 0..1 within the changed share
+    new_uri = F.when(cut & (kind < 0.5), F.concat(uri, F.lit("?v=2"))).otherwise(uri)
+    stamp = F.when(cut & (kind >= 0.5) & (kind < 0.75), F.lit("v2")).otherwise(F.lit("v1"))
+    # The last quarter: the old product left, a new one took its place.
+    new_id = F.when(cut & (kind >= 0.75), F.format_string("n%09d", "id")).otherwise(pid)
+    return ids.select(
+        new_id.alias("product_id"), new_uri.alias("image_uri"), stamp.alias("image_updated_at")
+    )
+
+
+def current_rows(base: DataFrame) -> DataFrame:
+    """Yesterday's tags_current: every product tagged ok by model 1, 0.5% fetch_failed."""
+    h = F.abs(F.hash("product_id")) % 1000
+    failed = h < 5
+    at = datetime(2026, 11, 20, 3, tzinfo=timezone.utc)
+    cols: dict[str, Any] = {
+        "product_id": F.col("product_id"),
+        "active": F.lit(True),
+        "inactive_since": F.lit(None),
+        "status": F.when(failed, "error").otherwise("ok"),
+        "category": F.when(~failed, F.concat(F.lit("cat-"), (h % 40).cast("string"))),
+        "category_id": F.when(~failed, (h % 40).cast("string")),
+        "category_path": F.lit(None),
+        "confidence": F.when(~failed, F.lit(0.9)),
+        "top_k": F.lit(None),
+        "needs_review": F.lit(False),
+        "image_uri": F.when(~failed, F.col("image_uri")),
+        "model_name": F.when(~failed, F.lit("bench")),
+        "model_version": F.when(~failed, F.lit("1")),
+        "run_id": F.when(~failed, F.lit("yesterday")),
+        "run_date": F.when(~failed, F.lit(date(2026, 11, 20))),
+        "tagged_at": F.when(~failed, F.lit(at)),
+        "error_code": F.when(failed, F.lit("fetch_failed")),
+        "error_message": F.when(failed, F.lit("S3 error SlowDown")),
+        "error_run_id": F.when(failed, F.lit("yesterday")),
+        "error_at": F.when(failed, F.lit(at)),
+        "attempt_image_uri": F.col("image_uri"),
+        "attempt_change": F.col("image_updated_at"),
+        "attempt_model_version": F.lit("1"),
+        "updated_run_id": F.lit("yesterday"),
+    }
+    return base.select(*[cols[f.name].cast(f.dataType).alias(f.name) for f in CURRENT_TAGS])
+
+
+def run_rows(selected: DataFrame) -> DataFrame:
+    """What a run writes for the selected products: every one tagged ok by model 2."""
+    at = datetime(2026, 11, 21, 3, tzinfo=timezone.utc)
+    cols: dict[str, Any] = {
+        "product_id": F.col("product_id"),
+        "image_uri": F.col("image_uri"),
+        "category": F.lit("cat-1"),
+        "category_id": F.lit("1"),
+        "confidence": F.lit(0.8),
+        "needs_review": F.lit(False),
+        "status": F.lit("ok"),
+        "model_name": F.lit("bench"),
+        "model_version": F.lit("1"),
+        "tagged_at": F.lit(at),
+        "reason": F.col("reason"),
+        "change_value": F.col("change_value"),
+        "run_date": F.lit(date(2026, 11, 21)),
+        "run_id": F.lit("bench"),
+    }
+    return selected.select(
+        *[cols.get(f.name, F.lit(None)).cast(f.dataType).alias(f.name) for f in COMMODITY_LIBRARY]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--change", type=float, default=0.01, help="share changed today")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default="bench-workdir/incremental")
+    parser.add_argument("--master", default="local[*]")
+    args = parser.parse_args()
+
+    work = Path(args.workdir).resolve()
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    spark = create_session(
+        SparkConfig(master=args.master, app_name="prodclf-bench-incremental"), 256
+    )
+    lib = str(work / "commodity")
+    yesterday = base_rows(spark, args.rows, args.change, today=False)
+    snapshot = warehouse.snapshot_name(1, "yesterday")
+    tables.write_current_snapshot(current_rows(yesterday), lib, snapshot, args.rows)
+    warehouse.write_pointer(lib, warehouse.Pointer(1, snapshot, "yesterday", args.rows, "now"))
+    warehouse.create_layout(lib)
+    base_path = work / "base"
+    base_rows(spark, args.rows, args.change, today=True).write.parquet(str(base_path))
+
+    cfg = TagConfig(
+        base_library=str(base_path),
+        commodity_library=lib,
+        model="unused",
+        run_date=date(2026, 11, 21),
+        run_id="bench",
+        mode="incremental",
+        change_column="image_updated_at",
+    )
+    timings = []
+    result = None
+    for i in range(args.repeats + 1):
+        t0 = time.perf_counter()
+        inputs = read_inputs(cfg, spark)  # the base library, as a run reads it
+        current = tables.read_current(spark, lib)
+        result = plan_selection(cfg, inputs, current, "1")
+        result.products.unpersist()
+        seconds = time.perf_counter() - t0
+        if i:  # the first round warms the JVM up
+            timings.append(seconds)
+    assert result is not None
+    # The rest of an incremental run's table work: the next tags_current snapshot
+    # (previous snapshot + the run's rows, written in full beside the old one).
+    merge_times = []
+    for i in range(2):
+        inputs = read_inputs(cfg, spark)
+        current = tables.read_current(spark, lib)
+        chosen = plan_selection(cfg, inputs, current, "1")
+        written = run_rows(chosen.products)
+        t0 = time.perf_counter()
+        merged = merge_current(
+            current, written, run_id="bench", run_date=cfg.run_date, full_run=False
+        )
+        tables.write_current_snapshot(
+            merged, lib, warehouse.snapshot_name(2 + i, "bench"), args.rows
+        )
+        merge_times.append(time.perf_counter() - t0)
+        chosen.products.unpersist()
+    out = {
+        "rows": args.rows,
+        "change": args.change,
+        "master": args.master,
+        "cores": spark.sparkContext.defaultParallelism,
+        "selection_seconds": [round(t, 2) for t in timings],
+        "median_seconds": round(statistics.median(timings), 2),
+        "snapshot_seconds": [round(t, 2) for t in merge_times],
+        "selected": result.total,
+        "reasons": result.reasons,
+        "base_library_mb": size_mb(base_path),
+        "tags_current_mb": size_mb(work / "commodity" / snapshot),
+        "tags_current_files": len(list((work / "commodity" / snapshot).glob("*.parquet"))),
+    }
+    print(json.dumps(out, indent=2))
+    (work.parent / "incremental.json").write_text(json.dumps(out, indent=2) + "\n")
+    spark.stop()
+
+
+if __name__ == "__main__":
+    main()

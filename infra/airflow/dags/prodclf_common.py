@@ -1,0 +1,68 @@
+"""Settings shared by the prodclf DAGs: where things are, and one spark-submit factory.
+
+Deployment values come from the scheduler's environment (read when the DAG file is parsed;
+nothing secret: S3 credentials come from the cluster's roles, Spark's master from the
+Airflow connection ``PRODCLF_SPARK_CONN``, default ``spark_default``):
+
+PRODCLF_HOME               the prodclf checkout on the Airflow workers (jobs/ is submitted)
+PRODCLF_ENV_ARCHIVE        infra/package.sh's archive, shipped with --archives
+PRODCLF_BASE_LIBRARY, PRODCLF_COMMODITY_LIBRARY, PRODCLF_MODEL   the job's data
+PRODCLF_KEEP_DAYS          retention for `prodclf vacuum`
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+HOME = os.environ.get("PRODCLF_HOME", "/opt/prodclf")
+ENV_ARCHIVE = os.environ.get("PRODCLF_ENV_ARCHIVE", "s3a://example-artifacts/prodclf-env.tar.gz")
+BASE_LIBRARY = os.environ.get("PRODCLF_BASE_LIBRARY", "s3://example-catalog/base/products")
+COMMODITY_LIBRARY = os.environ.get(
+    "PRODCLF_COMMODITY_LIBRARY", "s3://example-catalog/commodity/tags"
+)
+MODEL = os.environ.get("PRODCLF_MODEL", "s3://example-models/prodclf/current")
+KEEP_DAYS = os.environ.get("PRODCLF_KEEP_DAYS", "90")
+CONN_ID = os.environ.get("PRODCLF_SPARK_CONN", "spark_default")
+
+#: infra/spark/spark-defaults.conf's properties (tests/test_dags.py keeps them equal), plus
+#: what infra/submit.sh sets for the packed environment.
+SPARK_CONF: dict[str, str] = {
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    "spark.python.worker.reuse": "true",
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
+    "spark.sql.shuffle.partitions": "200",
+    "spark.executor.memory": "4g",
+    "spark.executor.memoryOverhead": "6g",
+    "spark.executorEnv.TF_CPP_MIN_LOG_LEVEL": "2",
+    "spark.task.maxFailures": "4",
+    "spark.speculation": "false",
+    "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "1",
+    "spark.hadoop.fs.s3a.aws.credentials.provider": (
+        "com.amazonaws.auth.DefaultAWSCredentialsProviderChain"
+    ),
+    "spark.hadoop.fs.s3a.fast.upload": "true",
+    "spark.hadoop.fs.s3a.connection.maximum": "200",
+    # The packed environment (infra/package.sh), as infra/submit.sh ships it:
+    "spark.pyspark.python": "./environment/bin/python",
+}
+
+
+def job(task_id: str, script: str, args: Any, **kwargs: Any) -> SparkSubmitOperator:
+    """spark-submit ``jobs/<script>`` in cluster mode with the packed environment."""
+    return SparkSubmitOperator(
+        task_id=task_id,
+        conn_id=CONN_ID,
+        application=f"{HOME}/jobs/{script}",
+        application_args=args,
+        conf=dict(SPARK_CONF),
+        archives=f"{ENV_ARCHIVE}#environment",
+        executor_cores=4,
+        driver_memory="2g",
+        deploy_mode="cluster",
+        name=f"prodclf-{task_id}",
+        **kwargs,
+    )
