@@ -19,7 +19,9 @@ import argparse
 import csv
 import json
 import logging
+import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 GROCERY = SHARED / "data" / "grocery-store"
 MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+EFFICIENTNET_LITE0 = SHARED / "weights" / "efficientnet_lite0_imagenet_no_top.keras"
 TAXONOMY = SHARED / "taxonomy" / "google-product-taxonomy-with-ids.en-US.txt"
 
 
@@ -47,19 +50,28 @@ class Variant:
     train: dict[str, Any] = field(default_factory=dict)
 
 
+GROCERY_LABELS: dict[str, Any] = {
+    "label_map": str(ROOT / "infra" / "config" / "grocery-taxonomy.yaml"),
+    "taxonomy": str(TAXONOMY),
+}
+#: The default recipe (head on frozen features, then fine-tuning at a low, warmed-up,
+#: cosine-decayed rate, the backbone at a fraction of the head's) with the shared
+#: EfficientNet-Lite0 file: its own 224 px input, raw 0..255 pixels.
+GROCERY_LITE0: dict[str, Any] = {
+    "backbone": str(EFFICIENTNET_LITE0),
+    "epochs": 8,
+    "batch_size": 32,
+    **GROCERY_LABELS,
+}
 GROCERY_COMMON: dict[str, Any] = {
     "architecture": "mobilenet",
     "alpha": 0.25,
     "image_height": 160,
     "image_width": 160,
-    "epochs": 30,
-    "head_epochs": 3,
+    "epochs": 20,
     "batch_size": 32,
-    "learning_rate": 3e-3,
-    "fine_tune_learning_rate": 1e-3,
     "early_stopping_patience": 6,
-    "label_map": str(ROOT / "infra" / "config" / "grocery-taxonomy.yaml"),
-    "taxonomy": str(TAXONOMY),
+    **GROCERY_LABELS,
 }
 
 VARIANTS = (
@@ -80,6 +92,19 @@ VARIANTS = (
             "label_map": str(ROOT / "infra" / "config" / "fashion-mnist-taxonomy.yaml"),
             "taxonomy": str(TAXONOMY),
         },
+    ),
+    Variant(
+        "grocery_efficientnet_lite0",
+        "grocery",
+        "`--backbone` EfficientNet-Lite0 file (224 px), 75% fine-tuned, dropout 0.3, "
+        "augmentation + noise",
+        GROCERY_LITE0,
+    ),
+    Variant(
+        "grocery_efficientnet_lite0_no_augmentation",
+        "grocery",
+        "the same, no augmentation and no noise (one arm of the augmentation ablation, 1 seed)",
+        {**GROCERY_LITE0, "augmentation": "none", "noise": False},
     ),
     Variant(
         "grocery_pretrained",
@@ -103,7 +128,7 @@ VARIANTS = (
         "grocery_scratch",
         "grocery",
         "the same network from random weights (all trainable, one phase)",
-        {**GROCERY_COMMON, "weights": "none", "trainable_fraction": 1.0, "head_epochs": 0},
+        {**GROCERY_COMMON, "weights": "none", "trainable_fraction": 1.0},
     ),
 )
 
@@ -179,17 +204,29 @@ def run_variant(v: Variant, library: Path, workdir: Path, spark: Any) -> dict[st
         base_library=str(library),
         model_out=str(out),
         split_column="split",
-        seed=42,
         model_name=f"prodclf-{v.name.replace('_', '-')}",
         model_version="results",
         cache_dir=str(workdir / "petastorm-cache"),
-        **v.train,
+        **{"seed": 42, **v.train},
     )
     t0 = time.perf_counter()
     meta = run_train(cfg, spark, train_preflight(cfg))
     seconds = time.perf_counter() - t0
     m = meta.metrics
+    phases = m.get("phases") or {}
+    head = phases.get("head_only") or {}
     return {
+        "head_only_accuracy": head.get("accuracy"),
+        "head_only_macro_f1": head.get("macro_f1"),
+        "head_only_validation_accuracy": head.get("validation_accuracy"),
+        "fine_tuned_validation_accuracy": (phases.get("fine_tuned") or {}).get(
+            "validation_accuracy"
+        ),
+        "kept": phases.get("kept", "single_phase"),
+        "temperature": (meta.calibration or {}).get("temperature"),
+        "ece_uncalibrated": m.get("expected_calibration_error_uncalibrated"),
+        "class_weights": m.get("class_weights"),
+        "seed": cfg.seed,
         "variant": v.name,
         "dataset": v.dataset,
         "what": v.what,
@@ -210,8 +247,16 @@ def run_variant(v: Variant, library: Path, workdir: Path, spark: Any) -> dict[st
     }
 
 
+def relative(path: str | Path) -> str:
+    """A path as seen from the repository root (``../shared/...``, ``results-workdir/...``)."""
+    text = str(path)
+    if not Path(text).is_absolute():
+        return text
+    return os.path.relpath(text, ROOT)
+
+
 def command(v: Variant, library: Path, out: Path) -> str:
-    """The equivalent ``prodclf train`` command line, for the table's readers."""
+    """The equivalent ``prodclf train`` command line, run from the repository root."""
     flags = {
         "architecture": "--architecture",
         "weights": "--weights",
@@ -227,16 +272,23 @@ def command(v: Variant, library: Path, out: Path) -> str:
         "early_stopping_patience": "--early-stopping-patience",
         "label_map": "--label-map",
         "taxonomy": "--taxonomy",
+        "backbone": "--backbone",
+        "class_weights": "--class-weights",
     }
+    paths = ("weights", "label_map", "taxonomy", "backbone")
     parts = [
         "prodclf train",
-        f"--base-library {library}",
-        f"--model-out {out}",
+        f"--base-library {relative(library)}",
+        f"--model-out {relative(out)}",
         "--split-column split",
-        "--seed 42",
+        f"--seed {v.train.get('seed', 42)}",
     ]
     for key, value in v.train.items():
-        if key in flags:
+        if key == "weights" and value in ("none", "imagenet"):
+            parts.append(f"--weights {value}")
+        elif key in paths:
+            parts.append(f"{flags[key]} {relative(value)}")
+        elif key in flags:
             parts.append(f"{flags[key]} {value}")
         elif key == "image_height":
             parts.append(f"--image-size {value}")
@@ -244,7 +296,12 @@ def command(v: Variant, library: Path, out: Path) -> str:
             parts.append(f"--augmentation {value}")
         elif key == "noise" and not value:
             parts.append("--no-noise")
-        elif key in ("fine_tune_learning_rate", "lr_patience"):
+        elif key in (
+            "fine_tune_learning_rate",
+            "lr_patience",
+            "backbone_lr_multiplier",
+            "warmup_epochs",
+        ):
             parts.append(f"--{key.replace('_', '-')} {value}")
     return " ".join(parts)
 
@@ -253,28 +310,80 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
 
-def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
+#: Earlier measurements shown below the table (each section: title, text, rows); ``make
+#: results`` does not rerun them. Committed, so the table keeps its history.
+HISTORY = Path(__file__).resolve().parent / "results-history.json"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown(
+    results: list[dict[str, Any]],
+    env: dict[str, Any],
+    earlier: list[dict[str, Any]] | None = None,
+    missing: list[str] | None = None,
+) -> str:
     lines = [
         "# Results on real data",
         "",
         "Produced by `make results` (`python benchmarks/results.py`); every number is read from",
         "the bundle the run wrote (test split scored by `prodclf.evaluation.metrics`).",
-        "Seed 42 everywhere.",
+        "Seed 42 unless the variant says otherwise. Commands run from the repository root.",
         f"Machine: {env['machine']}. Wall time includes Spark decoding and petastorm.",
         "",
-        "| variant | what | test acc. | top-3 | macro-F1 | ECE | epochs (best) | train min |",
-        "|---|---|---|---|---|---|---|---|",
+        "*head only* is the same network with its backbone frozen: the classifier trained on",
+        "the pretrained features alone, measured in the same run before fine-tuning; *kept* says",
+        "which phase's weights were best on validation and went into the bundle. ECE is on the",
+        "test split before and after the temperature fitted on the validation split.",
+        "",
+        "| variant | what | test acc. | head only | top-3 | macro-F1 (head only) "
+        "| ECE before → after (T) | epochs (best) | kept | train min |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
+        t = r.get("temperature")
+        cal = f"{_num(r.get('ece_uncalibrated'))} → {_num(r['ece'])} ({_num(t, 2)})"
+        if t is None:
+            cal = f"{_num(r['ece'])} (not calibrated)"
         lines.append(
-            f"| `{r['variant']}` | {r['what']} | {_pct(r['test_accuracy'])} | "
-            f"{_pct(r['top_3_accuracy'])} | {r['macro_f1']:.3f} | {r['ece']:.3f} | "
-            f"{r['epochs_run']} ({r['best_epoch']}) | {r['total_seconds'] / 60:.1f} |"
+            f"| `{r['variant']}` | {r['what']} | **{_pct(r['test_accuracy'])}** | "
+            f"{_pct(r.get('head_only_accuracy'))} | {_pct(r['top_3_accuracy'])} | "
+            f"{r['macro_f1']:.3f} ({_num(r.get('head_only_macro_f1'))}) | {cal} | "
+            f"{r['epochs_run']} ({r['best_epoch']}) | {str(r.get('kept', '')).replace('_', ' ')} "
+            f"| {r['total_seconds'] / 60:.1f} |"
         )
+    if missing:
+        lines += [
+            "",
+            "Defined in `benchmarks/results.py` but not measured for this table (run them with "
+            f"`make results RESULTS_ARGS=--only=NAME`): {', '.join(f'`{m}`' for m in missing)}.",
+        ]
     lines += ["", "## Commands", ""]
     for r in results:
         lines += [f"- `{r['variant']}` ({r['test_images']} test images):", "", "  ```"]
         lines += [f"  {r['command']}", "  ```", ""]
+        if r.get("curves"):
+            lines += [f"  ![learning curves of {r['variant']}]({r['curves']})", ""]
+    for section in earlier or []:
+        lines += [f"## {section['title']}", "", *section["text"], ""]
+        lines += [
+            "| variant | what | test acc. | head only | top-3 | macro-F1 | ECE | epochs (best) "
+            "| kept | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in section["rows"]:
+            lines.append(
+                f"| `{r['variant']}` | {r['what']} | {_pct(r['test_accuracy'])} | "
+                f"{_pct(r.get('head_only_accuracy'))} | {_pct(r['top_3_accuracy'])} | "
+                f"{r['macro_f1']:.3f} | {r['ece']:.3f} | {r['epochs_run']} ({r['best_epoch']}) | "
+                f"{str(r.get('kept') or 'n/a').replace('_', ' ')} | "
+                f"{r['total_seconds'] / 60:.1f} |"
+            )
+        lines += [""]
+        for r in section["rows"]:
+            lines += [f"- `{r['variant']}`:", "", "  ```", f"  {r['command']}", "  ```", ""]
     return "\n".join(lines) + "\n"
 
 
@@ -285,6 +394,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", help="comma-separated variant names (default: all)")
     p.add_argument("--data-dir", default=fashion_mnist.DEFAULT_DATA_DIR)
     p.add_argument("--master", default="local[*]")
+    p.add_argument(
+        "--table-only",
+        action="store_true",
+        help="train nothing: rewrite the table from <workdir>/results.json",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -302,10 +416,12 @@ def main(argv: list[str] | None = None) -> int:
 
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    spark = create_session(SparkConfig(master=args.master, app_name="prodclf-results"))
+    spark = None
+    if not args.table_only:
+        spark = create_session(SparkConfig(master=args.master, app_name="prodclf-results"))
     saved = workdir / "results.json"
     previous = {r["variant"]: r for r in json.loads(saved.read_text())} if saved.exists() else {}
-    for v in chosen:
+    for v in [] if args.table_only else chosen:
         library = (
             fashion_mnist_library(workdir, args.data_dir)
             if v.dataset == "fashion_mnist"
@@ -322,9 +438,19 @@ def main(argv: list[str] | None = None) -> int:
     env = {
         "machine": f"{platform.machine()}, {_cores()} CPU cores, Python {platform.python_version()}"
     }
+    for r in ordered:  # the learning curves beside the table (head only, then fine-tuning)
+        png = Path(r["bundle"]) / "report" / "learning_curves.png"
+        if png.exists():
+            target = Path(args.out).parent / "results" / f"{r['variant']}-learning-curves.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(png, target)
+            r["curves"] = os.path.relpath(target, Path(args.out).parent)
+    earlier = json.loads(HISTORY.read_text()) if HISTORY.exists() else []
+    missing = [v.name for v in VARIANTS if v.name not in previous]
+    text = markdown(ordered, env, earlier, missing)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(markdown(ordered, env))
-    print(markdown(ordered, env))
+    Path(args.out).write_text(text)
+    print(text)
     return 0
 
 

@@ -19,6 +19,7 @@ from typing import Any
 from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
+    CLASS_WEIGHTS,
     EvaluateConfig,
     JobConfig,
     MigrateConfig,
@@ -180,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--weights", metavar="W", help="none (default), imagenet, or a backbone weights file"
     )
+    train.add_argument(
+        "--backbone",
+        metavar="FILE",
+        help="a Keras model file (.keras, standard layers only) as the pretrained backbone "
+        "instead of --architecture; input size from the file",
+    )
+    train.add_argument(
+        "--scale",
+        choices=("unit", "symmetric", "raw"),
+        help="pixel scaling the backbone expects: [0,1], [-1,1] or 0..255 (default: the "
+        "architecture's; for --backbone, raw when the file starts by rescaling 0..255)",
+    )
     train.add_argument("--alpha", type=float, metavar="A", help="MobileNet width multiplier")
     train.add_argument(
         "--image-size", type=int, metavar="PX", action=_Square, help="square input size"
@@ -195,7 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--head-epochs",
         type=int,
         metavar="N",
-        help="two-phase schedule: N epochs with the backbone frozen first",
+        help="pretrained backbones: N head-only epochs on frozen features first (default 30, "
+        "3 with fusion), then --epochs of fine-tuning",
     )
     train.add_argument("--dropout", type=float, metavar="P", help="before the classifier (0.3)")
     train.add_argument("--fusion", choices=FUSIONS)
@@ -218,7 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune-learning-rate",
         type=float,
         metavar="LR",
-        help="learning rate once the backbone is unfrozen (default: learning rate / 10)",
+        help="peak head learning rate once the backbone is unfrozen (default: 0.3 x learning rate)",
+    )
+    train.add_argument(
+        "--backbone-lr-multiplier",
+        type=float,
+        metavar="M",
+        help="backbone learning rate = M x the head's while fine-tuning (default 0.3)",
+    )
+    train.add_argument(
+        "--warmup-epochs", type=int, metavar="N", help="learning-rate warm-up (default 1)"
     )
     train.add_argument(
         "--lr-patience",
@@ -227,7 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="halve the learning rate after N epochs without better validation accuracy",
     )
     train.add_argument("--min-learning-rate", type=float, metavar="LR", help="the floor")
-    train.add_argument("--class-weights", choices=("none", "balanced"))
+    train.add_argument(
+        "--class-weights",
+        choices=CLASS_WEIGHTS,
+        help="auto (default): balanced when the training labels are skewed",
+    )
+    train.add_argument(
+        "--no-calibration",
+        dest="calibrate",
+        action="store_false",
+        default=None,
+        help="do not fit temperature scaling on the validation split",
+    )
     train.add_argument("--validation-fraction", type=float, metavar="F")
     train.add_argument("--test-fraction", type=float, metavar="F")
     train.add_argument("--early-stopping-patience", type=int, metavar="N")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import yaml
 
 from prodclf.errors import ConfigError, ErrorCode
-from prodclf.model.catalog import ARCHITECTURES, FUSIONS
+from prodclf.model.catalog import ARCHITECTURES, CUSTOM, FUSIONS
 from prodclf.schemas import MODES
 
 T = TypeVar("T")
@@ -542,6 +542,7 @@ SPLIT_ALIASES = {
     "testing": TEST,
 }
 AUGMENTATIONS = ("none", "light", "standard")
+CLASS_WEIGHTS = ("auto", "none", "balanced")
 
 
 @dataclass(frozen=True)
@@ -569,16 +570,25 @@ class TrainConfig(JobConfig):
     architecture: str = "small_cnn"
     # "none", "imagenet" (downloaded by Keras) or a local weights file for the backbone.
     weights: str = "none"
+    # A Keras model file (.keras, standard layers only) used as the pretrained backbone
+    # instead of a built-in architecture (which is then "custom"); input size from the file.
+    backbone: str | None = None
     alpha: float = 1.0
     image_height: int | None = None
     image_width: int | None = None
     color_mode: str | None = None
     scale: str | None = None
     trainable_fraction: float = 0.75
-    # Two-phase fine-tuning: this many epochs with the backbone frozen first (0: one phase).
-    head_epochs: int = 0
-    # Learning rate once the backbone is unfrozen (default: learning_rate / 10).
+    # Pretrained backbones train in two phases: head_epochs with the backbone frozen (on
+    # features computed once, unless fusion needs pixels), then `epochs` of fine-tuning.
+    # None: 30 for a pretrained backbone (3 with fusion; early stopping applies), else 0.
+    head_epochs: int | None = None
+    # Peak learning rate of the head while fine-tuning (default: 0.3 x learning_rate),
+    # reached after warmup_epochs and decayed to 0 by a cosine over the remaining epochs.
     fine_tune_learning_rate: float | None = None
+    # The backbone's learning rate while fine-tuning is this times the head's.
+    backbone_lr_multiplier: float = 0.3
+    warmup_epochs: int = 1
     dropout: float = 0.3
     fusion: str = "none"
     # none; light (flips and shifts: for centred thumbnails such as Fashion-MNIST); standard
@@ -596,7 +606,10 @@ class TrainConfig(JobConfig):
     min_learning_rate: float = 1e-5
     # Stop after this many epochs without improvement (0: never); best weights are kept.
     early_stopping_patience: int = 5
-    class_weights: str = "none"
+    # auto: balanced when the training labels are skewed (largest/smallest count >= 1.5).
+    class_weights: str = "auto"
+    # Fit temperature scaling on the validation split; stored in the bundle, applied at tag time.
+    calibrate: bool = True
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
     seed: int = 42
@@ -619,13 +632,23 @@ class TrainConfig(JobConfig):
             raise ConfigError("--base-library is required")
         if not self.model_out:
             raise ConfigError("--model-out is required")
-        _positive(self, "epochs", "batch_size", "learning_rate", "alpha", "reader_workers")
-        _positive(self, "lr_factor", "min_learning_rate")
+        _positive(self, "batch_size", "learning_rate", "alpha", "reader_workers")
+        _positive(self, "lr_factor", "min_learning_rate", "backbone_lr_multiplier")
         for name in ("image_height", "image_width", "limit", "fine_tune_learning_rate"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"train.{name} must be positive, not {value}")
-        if self.architecture not in ARCHITECTURES:
+        if self.backbone is not None:
+            if not self.backbone:
+                raise ConfigError("--backbone needs a Keras model file")
+            if self.architecture not in ("small_cnn", CUSTOM):
+                raise ConfigError(
+                    f"--backbone replaces --architecture (leave it out or say {CUSTOM}), "
+                    f"not {self.architecture!r}"
+                )
+            if self.weights != "none":
+                raise ConfigError("--backbone: the file carries its weights; leave --weights out")
+        elif self.architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
@@ -640,9 +663,9 @@ class TrainConfig(JobConfig):
                 f"--augmentation must be one of {', '.join(AUGMENTATIONS)}, "
                 f"not {self.augmentation!r}"
             )
-        if self.class_weights not in ("none", "balanced"):
+        if self.class_weights not in CLASS_WEIGHTS:
             raise ConfigError(
-                f"--class-weights must be none or balanced, not {self.class_weights!r}"
+                f"--class-weights must be auto, none or balanced, not {self.class_weights!r}"
             )
         if not self.weights:
             raise ConfigError("--weights must be none, imagenet or a weights file")
@@ -656,13 +679,14 @@ class TrainConfig(JobConfig):
             raise ConfigError(
                 f"train.target_precision must be within (0, 1], not {self.target_precision}"
             )
-        for name in ("head_epochs", "lr_patience", "early_stopping_patience"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"train.{name} must not be negative, not {getattr(self, name)}")
-        if self.head_epochs >= self.epochs:
-            raise ConfigError(
-                f"--head-epochs {self.head_epochs} must be below --epochs {self.epochs}"
-            )
+        for name in ("epochs", "head_epochs", "lr_patience", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"train.{name} must not be negative, not {value}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"train.warmup_epochs must not be negative, not {self.warmup_epochs}")
+        if self.epochs == 0 and not (self.pretrained and self.resolved_head_epochs):
+            raise ConfigError("--epochs 0 needs a pretrained backbone and --head-epochs above 0")
         if self.split_column is None:
             for name in ("validation_fraction", "test_fraction"):
                 _fraction(self, name, closed=False)
@@ -670,6 +694,22 @@ class TrainConfig(JobConfig):
                 raise ConfigError(
                     "--validation-fraction plus --test-fraction must leave images to train on"
                 )
+
+    @property
+    def pretrained(self) -> bool:
+        """A pretrained backbone: a backbone file, or weights for a built-in architecture."""
+        return self.backbone is not None or (
+            self.architecture != "small_cnn" and self.weights != "none"
+        )
+
+    @property
+    def resolved_head_epochs(self) -> int:
+        """``head_epochs``, or its default: 30 (3 with fusion) when pretrained, else 0."""
+        if self.head_epochs is not None:
+            return self.head_epochs if self.pretrained else 0
+        if not self.pretrained:
+            return 0
+        return 3 if self.fusion != "none" else 30
 
 
 def _fraction(obj: object, name: str, *, closed: bool) -> None:

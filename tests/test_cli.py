@@ -222,15 +222,19 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
         assert getattr(cfg, key) == value, key
     assert cfg.storage.fetch_concurrency == 16
     base = ["train", "--base-library", "/b", "--model-out", "/m", "--config", str(example)]
-    flags = ["--epochs", "6", "--fusion", "gray+rgb", "--augmentation", "light", "--no-noise"]
+    flags = ["--epochs", "9", "--fusion", "gray+rgb", "--augmentation", "light", "--no-noise"]
+    flags += ["--backbone-lr-multiplier", "0.5", "--no-calibration", "--class-weights", "none"]
+    flags += ["--backbone", "/other.keras", "--scale", "raw", "--warmup-epochs", "0"]
     flagged = build_parser().parse_args([*base, *flags])
     over = build_config(flagged)
     assert (over.epochs, over.fusion, over.augmentation, over.noise) == (
-        6,
+        9,
         "gray+rgb",
         "light",
         False,
     )
+    assert (over.backbone_lr_multiplier, over.calibrate, over.class_weights) == (0.5, False, "none")
+    assert (over.backbone, over.scale, over.warmup_epochs) == ("/other.keras", "raw", 0)
 
 
 def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(

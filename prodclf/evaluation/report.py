@@ -189,7 +189,14 @@ def plot_learning_curves(history: dict[str, list[float]], path: Path) -> Path:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
-    axes[0].set_title("Learning curves")
+    phase = history.get("phase") or []
+    starts = [i + 1 for i in range(1, len(phase)) if phase[i] != phase[i - 1]]
+    for ax in axes:
+        for x in starts:
+            ax.axvline(x - 0.5, color="black", linestyle=":", linewidth=1)
+    axes[0].set_title(
+        "Learning curves (dotted: backbone unfrozen)" if starts else "Learning curves"
+    )
     axes[-1].set_xlabel("epoch")
     return _save(fig, path)
 
@@ -274,6 +281,9 @@ def render_markdown(
         "",
     ]
 
+    lines += _phases_section(metrics.get("phases"))
+    lines += _calibration_section(metrics.get("calibration"))
+
     per_class = list(metrics["per_class"])
     # Worst first; classes with neither images nor predictions carry no signal: bottom.
     per_class.sort(key=lambda c: (_unseen(c), c["f1"], -c["support"], c["label"]))
@@ -324,6 +334,56 @@ def render_markdown(
     if curves:
         lines += ["![Learning curves](learning_curves.png)", ""]
     return "\n".join(lines)
+
+
+def _phases_section(phases: dict[str, Any] | None) -> list[str]:
+    """Head only (frozen backbone) beside fine-tuned, as the trainer measured them."""
+    if not phases:
+        return []
+    lines = [
+        "## Head only (frozen backbone) vs fine-tuned",
+        "",
+        "| Phase | Validation accuracy | Accuracy | Top-3 | Macro-F1 | ECE | Epochs |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, name in (("head_only", "head only"), ("fine_tuned", "fine-tuned")):
+        row = phases.get(key) or {}
+
+        def num(x: Any) -> str:
+            return "n/a" if x is None else f"{x:.4f}"
+
+        lines.append(
+            f"| {name} | {_pct(row.get('validation_accuracy'))} | {_pct(row.get('accuracy'))} "
+            f"| {_pct(row.get('top_3_accuracy'))} | {num(row.get('macro_f1'))} "
+            f"| {num(row.get('expected_calibration_error'))} | {row.get('epochs', 0)} |"
+        )
+    kept = str(phases.get("kept", "")).replace("_", " ")
+    lines += [
+        "",
+        f"Kept: the **{kept}** weights (best validation accuracy across both phases). "
+        "The fine-tuned row is its best epoch on validation, scored even when not kept. "
+        "Both rows are uncalibrated.",
+        "",
+    ]
+    return lines
+
+
+def _calibration_section(cal: dict[str, Any] | None) -> list[str]:
+    if not cal:
+        return []
+    ece = cal.get("expected_calibration_error") or {}
+    return [
+        "## Calibration",
+        "",
+        f"Temperature scaling: T = {cal['temperature']:.4f}, fitted on {cal.get('images', '?')} "
+        f"{_md(str(cal.get('fitted_on', 'validation')))} image(s); stored in the bundle and "
+        "applied at tag time, so the confidences above are the calibrated ones.",
+        "",
+        f"Expected calibration error on the {_md(str(ece.get('split', 'scored')))} split: "
+        f"{ece.get('before', float('nan')):.4f} before, "
+        f"{ece.get('after', float('nan')):.4f} after.",
+        "",
+    ]
 
 
 # --- helpers -----------------------------------------------------------------------------

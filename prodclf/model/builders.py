@@ -26,8 +26,10 @@ from typing import Any
 from prodclf.errors import ConfigError
 from prodclf.model.catalog import (
     ALPHA_ARCHITECTURES,
+    CUSTOM,
     ModelOptions,
     architecture_info,
+    inspect_backbone_file,
     weights_path,
 )
 
@@ -35,6 +37,8 @@ from prodclf.model.catalog import (
 BACKBONE = "backbone"
 #: Name of the output layer (softmax probabilities).
 OUTPUT = "probabilities"
+#: Name of the layer whose output is the backbone's feature vector (pooled when needed).
+FEATURES = "pool"
 
 #: ITU-R BT.601 luma weights. They sum to 1, so the luminance of pixels scaled as
 #: unit/symmetric/raw is scaled the same way: the conversion commutes with the scaling.
@@ -58,6 +62,8 @@ def build_classifier(
     Seeds Keras' global generators with ``opts.seed`` so a build is reproducible.
     """
     opts.validate()
+    if opts.backbone is not None:
+        return _build_custom(opts, input_shape, num_classes)
     info = architecture_info(opts.architecture)
     height, width, channels = (int(d) for d in input_shape)
     if channels not in (1, 3):
@@ -83,10 +89,20 @@ def build_classifier(
         if opts.architecture == "resnet50":
             rgb = _caffe_preprocess(rgb)
         backbone = _backbone(opts, (height, width, 3))
-        features = layers.GlobalAveragePooling2D(name="pool")(backbone(rgb))
+        features = layers.GlobalAveragePooling2D(name=FEATURES)(backbone(rgb))
         name = f"prodclf_{opts.architecture}"
+    return _head(opts, inputs, features, info.scale, num_classes, name)
+
+
+def _head(
+    opts: ModelOptions, inputs: Any, features: Any, scale: str, num_classes: int, name: str
+) -> Any:
+    """Fusion (optional), dropout and the softmax classifier on top of ``features``."""
+    import keras
+    from keras import layers
+
     if opts.fusion == "gray+rgb":
-        gray = _gray_features(inputs, info.scale)
+        gray = _gray_features(inputs, scale)
         features = layers.Concatenate(name="fusion")([features, gray])
         name += "_gray_rgb"
     if opts.dropout > 0:
@@ -96,6 +112,87 @@ def build_classifier(
     if opts.architecture != "small_cnn" and opts.pretrained:
         set_trainable_fraction(model, opts.trainable_fraction)
     return model
+
+
+def _build_custom(opts: ModelOptions, input_shape: tuple[int, int, int], num_classes: int) -> Any:
+    """A classifier on a backbone read from a Keras model file (``--backbone``).
+
+    The file is checked without Keras first (``inspect_backbone_file``: standard layers
+    only, one image input), then loaded with ``safe_mode=True``, so no Python from the
+    file runs. Its output must be a feature map (pooled here) or a feature vector.
+    """
+    import keras
+    from keras import layers
+
+    assert opts.backbone is not None
+    info = inspect_backbone_file(opts.backbone)
+    height, width, channels = (int(d) for d in input_shape)
+    if num_classes < 2:
+        raise ConfigError(f"a classifier needs at least 2 classes, not {num_classes}")
+    if channels not in (1, info.channels) or (channels == 3 and info.channels == 1):
+        raise ConfigError(
+            f"--backbone {opts.backbone} takes {info.channels}-channel images, not {channels}"
+        )
+    keras.utils.set_random_seed(opts.seed)
+    backbone = load_backbone_file(opts.backbone, (height, width))
+    inputs = keras.Input(shape=(height, width, channels), name="pixels")
+    x = _to_rgb(inputs) if channels != info.channels else inputs
+    out = backbone(x)
+    if len(out.shape) == 4:
+        features = layers.GlobalAveragePooling2D(name=FEATURES)(out)
+    else:
+        features = layers.Identity(name=FEATURES)(out)
+    # The file's scaling is the one the caller planned with; the gray stream sees unit pixels.
+    return _head(opts, inputs, features, "raw", num_classes, f"prodclf_{CUSTOM}")
+
+
+def load_backbone_file(location: str, size: tuple[int, int] | None = None) -> Any:
+    """The file's model (safe mode, standard layers only) as a sub-model named ``backbone``.
+
+    ``size`` other than the file's own input size rebuilds the same layers for that input
+    (convolutional backbones take any size); None keeps the file's. Refuses, with a
+    ``ConfigError``, an output that is neither a feature map nor a feature vector.
+    """
+    import keras
+
+    info = inspect_backbone_file(location)
+    what = f"--backbone {location}"
+    try:
+        loaded = keras.saving.load_model(str(info.path), safe_mode=True, compile=False)
+    except Exception as exc:
+        raise ConfigError(f"{what}: Keras cannot load it safely ({_first_line(exc)})") from None
+    for layer in _all_layers(loaded):
+        module = type(layer).__module__
+        if not module.startswith("keras.") or type(layer).__name__ == "Lambda":
+            raise ConfigError(f"{what}: layer {layer.name!r} is not a standard Keras layer")
+    if len(loaded.outputs) != 1 or len(loaded.output.shape) not in (2, 4):
+        shapes = [tuple(o.shape) for o in loaded.outputs]
+        raise ConfigError(
+            f"{what}: the output must be one feature map (None, h, w, c) or feature vector "
+            f"(None, c), not {shapes}"
+        )
+    if size is not None and tuple(size) != (info.height, info.width):
+        config = loaded.get_config()
+        for layer in config["layers"]:
+            if layer["class_name"] == "InputLayer":
+                shape = layer["config"]["batch_shape"]
+                layer["config"]["batch_shape"] = [shape[0], size[0], size[1], shape[3]]
+        try:
+            resized = keras.Model.from_config(config)
+            resized.set_weights(loaded.get_weights())
+        except Exception as exc:
+            raise ConfigError(
+                f"{what}: cannot be used at input {size[0]}x{size[1]} ({_first_line(exc)})"
+            ) from None
+        loaded = resized
+    return keras.Model(loaded.input, loaded.output, name=BACKBONE)
+
+
+def _all_layers(model: Any) -> Any:
+    for layer in model.layers:
+        yield layer
+        if hasattr(layer, "layers"):
+            yield from _all_layers(layer)
 
 
 #: (filters, convolutions) per small_cnn block; inputs up to 32 px use the first two.
@@ -404,3 +501,75 @@ def freeze_backbone(model: Any) -> dict[str, Any]:
     if backbone is not None:
         backbone.trainable = False
     return _stats(backbone)
+
+
+# --- the fine-tuning recipe: features, head, per-group learning rates ------------------------
+
+
+def feature_extractor(model: Any) -> Any | None:
+    """The backbone up to its pooled features (what the head reads), or None with fusion.
+
+    With the backbone frozen (BatchNorm in inference mode) these features are fixed, so the
+    head-only phase can train on them computed once instead of running the backbone on
+    every image in every epoch.
+    """
+    import keras
+
+    if _backbone_of(model) is None:
+        return None
+    with contextlib.suppress(ValueError):
+        model.get_layer("fusion")
+        return None
+    return keras.Model(model.input, model.get_layer(FEATURES).output, name="features")
+
+
+def head_model(model: Any) -> Any:
+    """Dropout + classifier of ``model`` on a feature-vector input; the layers are shared."""
+    import keras
+
+    dim = int(model.get_layer(FEATURES).output.shape[-1])
+    x = inputs = keras.Input(shape=(dim,), name="features")
+    with contextlib.suppress(ValueError):
+        x = model.get_layer("dropout")(x)
+    return keras.Model(inputs, model.get_layer(OUTPUT)(x), name="head")
+
+
+def backbone_variables(model: Any) -> list[Any]:
+    """The backbone's trainable variables (those a lower learning rate applies to)."""
+    backbone = _backbone_of(model)
+    return list(backbone.trainable_variables) if backbone is not None else []
+
+
+def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> Any:
+    """Linear warm-up from ~0 to ``peak`` over ``warmup_steps``, then cosine decay to 0."""
+    import keras
+
+    warmup = max(0, min(warmup_steps, total_steps - 1))
+    return keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak * 1e-3 if warmup else peak,
+        decay_steps=max(1, total_steps - warmup),
+        alpha=0.0,
+        warmup_target=peak if warmup else None,
+        warmup_steps=warmup,
+    )
+
+
+def adam_with_multipliers(learning_rate: Any, scaled: list[Any], multiplier: float) -> Any:
+    """Adam whose steps for the variables in ``scaled`` use ``multiplier`` x the rate.
+
+    How the backbone gets a much lower learning rate than the head in one optimizer: the
+    rate (a float or a schedule) is the head's, the backbone's is ``multiplier`` times it.
+    (Adam is invariant to the gradient's scale, so the rate itself must be scaled.)
+    """
+    import keras
+
+    # The TensorFlow backend hands update_step the variable's underlying tf.Variable.
+    ids = {id(v) for v in scaled} | {id(getattr(v, "value", v)) for v in scaled}
+
+    class ScaledAdam(keras.optimizers.Adam):
+        def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+            if id(variable) in ids and multiplier != 1.0:
+                learning_rate = keras.ops.multiply(learning_rate, multiplier)
+            super().update_step(gradient, variable, learning_rate)
+
+    return ScaledAdam(learning_rate=learning_rate)

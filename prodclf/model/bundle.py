@@ -56,6 +56,13 @@ class BundleMeta:
     metrics: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
     created_at: str = ""
     format_version: int = FORMAT_VERSION
+    # {"temperature": T, ...}: temperature scaling applied to the outputs at tag time
+    # (``calibrate``). Bundles without it are used as they are (T = 1).
+    calibration: dict[str, Any] | None = field(default=None, hash=False)
+
+    @property
+    def temperature(self) -> float:
+        return float((self.calibration or {}).get("temperature", 1.0))
 
     @property
     def num_classes(self) -> int:
@@ -91,6 +98,7 @@ class BundleMeta:
                 metrics=dict(data.get("metrics") or {}),
                 created_at=str(data.get("created_at", "")),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
+                calibration=_calibration(data.get("calibration")),
             )
         except ModelBundleError:
             raise
@@ -108,6 +116,26 @@ class BundleMeta:
         if meta.output not in OUTPUTS:
             raise ModelBundleError(f"model bundle {where}: output must be one of {OUTPUTS}")
         return meta
+
+
+def _calibration(entry: Any) -> dict[str, Any] | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise TypeError(f"calibration must be an object {{temperature}}, not {entry!r}")
+    t = entry.get("temperature", 1.0)
+    if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < float("inf")):
+        raise ValueError(f"calibration temperature must be a positive number, not {t!r}")
+    return dict(entry)
+
+
+def calibrate(probs: Any, meta: BundleMeta) -> Any:
+    """The bundle's calibration applied to its model's probabilities (as is without one)."""
+    if meta.temperature == 1.0:
+        return probs
+    from prodclf.model.calibration import apply_temperature
+
+    return apply_temperature(probs, meta.temperature)
 
 
 def _label(entry: Any) -> Label:

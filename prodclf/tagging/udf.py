@@ -24,7 +24,7 @@ import pandas as pd
 from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
-from prodclf.model.bundle import BundleMeta
+from prodclf.model.bundle import BundleMeta, calibrate
 from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
 
@@ -114,6 +114,7 @@ def finish_batch(
             meta.num_classes,
             logits=meta.output == "logits",
         )
+        probs = calibrate(probs, meta)  # the bundle's temperature; failed rows stay NaN
         for i, message in failed.items():
             errors[int(batch.ok_rows[i])] = RowError(ErrorCode.INFERENCE_FAILED, message)
         k = min(inference.top_k, meta.num_classes)

@@ -32,7 +32,8 @@ from prodclf.config import TrainConfig
 from prodclf.errors import ConfigError
 from prodclf.images import PreprocessSpec
 from prodclf.model.bundle import BundleMeta, Label, export_bundle
-from prodclf.model.catalog import ModelOptions, architecture_info
+from prodclf.model.calibration import apply_temperature, fit_temperature, logits_of
+from prodclf.model.catalog import CUSTOM, ModelOptions, architecture_info, inspect_backbone_file
 from prodclf.requirements import require_training
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import normalize_location, parse_uri
@@ -66,7 +67,9 @@ class Plan:
 
 
 def plan_model(cfg: TrainConfig) -> Plan:
-    """Input size, colour and scaling from the flags, else from the architecture."""
+    """Input size, colour and scaling from the flags, else from the architecture (or file)."""
+    if cfg.backbone is not None:
+        return _plan_custom(cfg)
     info = architecture_info(cfg.architecture)
     height = cfg.image_height or cfg.image_width or info.default_size
     width = cfg.image_width or cfg.image_height or info.default_size
@@ -94,6 +97,40 @@ def plan_model(cfg: TrainConfig) -> Plan:
     )
     suffix = "-gray-rgb" if cfg.fusion == "gray+rgb" else ""
     name = cfg.model_name or f"prodclf-{cfg.architecture.replace('_', '-')}{suffix}"
+    return Plan(spec, opts, name)
+
+
+def _plan_custom(cfg: TrainConfig) -> Plan:
+    """``--backbone FILE``: the input size comes from the file, the scaling from it or --scale."""
+    assert cfg.backbone is not None
+    info = inspect_backbone_file(cfg.backbone)
+    height = cfg.image_height or cfg.image_width or info.height
+    width = cfg.image_width or cfg.image_height or info.width
+    scale = cfg.scale or info.scale
+    if scale is None:
+        raise ConfigError(
+            f"--backbone {cfg.backbone}: its input scaling cannot be read from the file (no "
+            "Rescaling of 0..255 pixels first); give --scale unit, symmetric or raw"
+        )
+    if info.scale is not None and scale != info.scale:
+        raise ConfigError(
+            f"--scale {scale}: the backbone file rescales {info.scale} 0..255 pixels itself"
+        )
+    color = cfg.color_mode or ("rgb" if info.channels == 3 else "grayscale")
+    if color == "rgb" and info.channels == 1:
+        raise ConfigError(f"--backbone {cfg.backbone} takes grayscale images, not rgb")
+    spec = PreprocessSpec(height, width, color, scale)
+    spec.validate()
+    opts = ModelOptions(
+        architecture=CUSTOM,
+        backbone=str(info.path),
+        trainable_fraction=cfg.trainable_fraction,
+        dropout=cfg.dropout,
+        fusion=cfg.fusion,
+        seed=cfg.seed,
+    )
+    suffix = "-gray-rgb" if cfg.fusion == "gray+rgb" else ""
+    name = cfg.model_name or f"prodclf-{Path(info.path).stem.replace('_', '-')}{suffix}"
     return Plan(spec, opts, name)
 
 
@@ -157,12 +194,34 @@ def epoch_logger(epochs: int) -> Any:
     return EpochLog()
 
 
+#: The head's peak learning rate while fine-tuning, as a share of ``learning_rate``.
+FINE_TUNE_RATE = 0.3
+
+#: ``class_weights: auto`` balances the loss when the largest training class has at least
+#: this many times the images of the smallest.
+SKEW_RATIO = 1.5
+
+
 def class_weights(summary: DataSummary, mode: str) -> dict[int, float] | None:
-    """``balanced``: n / (classes * n_c), so every class weighs the same in the loss."""
+    """``balanced``: n / (classes * n_c), so every class weighs the same in the loss.
+
+    ``auto`` is ``balanced`` when the training label counts are skewed (largest/smallest
+    >= ``SKEW_RATIO``), else ``none``; the choice is logged either way.
+    """
+    counts = summary.images[TRAIN]
+    sizes = [counts[name] for name in summary.classes]
+    skew = max(sizes) / max(1, min(sizes)) if sizes else 1.0
+    if mode == "auto":
+        mode = "balanced" if skew >= SKEW_RATIO else "none"
+        log.info(
+            "class weights: %s (auto: largest/smallest training class = %.1f, threshold %.1f)",
+            mode,
+            skew,
+            SKEW_RATIO,
+        )
     if mode == "none":
         return None
-    counts = summary.images[TRAIN]
-    total = sum(counts.values())
+    total = sum(sizes)
     k = len(summary.classes)
     return {i: total / (k * counts[name]) for i, name in enumerate(summary.classes)}
 
@@ -212,6 +271,26 @@ def _datasets(
             yield train, None
 
 
+@dataclass
+class FitResult:
+    """What ``fit`` did: per-epoch history (both phases) and the head-only phase's result."""
+
+    history: dict[str, list[float]]
+    # The head-only (frozen backbone) phase: its best validation accuracy, and the scored
+    # split's probabilities and truth with those weights (None without a head phase).
+    head_validation_accuracy: float | None = None
+    head_probs: Any = None
+    head_truth: Any = None
+    head_seconds: float = 0.0
+    # The best fine-tuned epoch's probabilities on the scored split when those weights were
+    # not kept (they never beat the head-only ones on validation), for the report.
+    fine_probs: Any = None
+    fine_truth: Any = None
+    # "head_only" when fine-tuning never beat the head phase on validation.
+    kept: str = "single_phase"
+    class_weights: str = "none"
+
+
 def fit(
     model: Any,
     conv: dict[str, Any],
@@ -219,12 +298,33 @@ def fit(
     cfg: TrainConfig,
     summary: DataSummary,
     checkpoint_dir: Path,
-) -> dict[str, list[float]]:
-    """Train in one or two phases; the best epoch's weights are restored at the end."""
+) -> FitResult:
+    """Train; the weights best on validation, across both phases, are restored at the end.
+
+    A pretrained backbone trains in two phases. (1) Head only: the backbone frozen with
+    BatchNorm in inference mode; without fusion its pooled features are computed once per
+    split and the head (dropout + classifier) trains on them for up to ``head_epochs``
+    epochs, keeping its best epoch on validation. (2) Fine-tuning: the top
+    ``trainable_fraction`` of the backbone unfrozen (BatchNorm still frozen) for
+    ``epochs`` epochs over augmented pixels; the head's learning rate warms up over
+    ``warmup_epochs`` to ``fine_tune_learning_rate`` and decays to 0 on a cosine, the
+    backbone's is ``backbone_lr_multiplier`` times the head's. Fine-tuned weights replace
+    the head-only ones only when validation accuracy improves on them, so the result is
+    never below the frozen-features classifier on validation.
+    Without a pretrained backbone: one phase, the learning rate halved on plateaus.
+    """
     import keras
 
     from prodclf.model.augment import make_augmenter
-    from prodclf.model.builders import freeze_backbone, set_trainable_fraction
+    from prodclf.model.builders import (
+        adam_with_multipliers,
+        backbone_variables,
+        feature_extractor,
+        freeze_backbone,
+        head_model,
+        set_trainable_fraction,
+        warmup_cosine,
+    )
 
     augment = None
     opts = augment_options(cfg)
@@ -234,60 +334,25 @@ def fit(
     has_val = VALIDATION in conv
     monitor = "val_accuracy" if has_val else "accuracy"
     best = checkpoint_dir / "best.weights.h5"
-    checkpoint = keras.callbacks.ModelCheckpoint(
-        str(best), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True
-    )
-    callbacks: list[Any] = [
-        epoch_logger(cfg.epochs),
-        keras.callbacks.ReduceLROnPlateau(
-            monitor=monitor,
-            mode="max",
-            factor=cfg.lr_factor,
-            patience=cfg.lr_patience,
-            min_lr=cfg.min_learning_rate,
-            verbose=0,
-        ),
-        checkpoint,
-    ]
-    if cfg.early_stopping_patience:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor=monitor, mode="max", patience=cfg.early_stopping_patience
-            )
-        )
     steps = math.ceil(summary.count(TRAIN) / cfg.batch_size)
     val_steps = math.ceil(summary.count(VALIDATION) / cfg.batch_size) if has_val else None
     weights = class_weights(summary, cfg.class_weights)
-    # Only a pretrained backbone is frozen in part: freezing a random one would also freeze
-    # its BatchNorm statistics at their initial values.
-    backbone = cfg.architecture != "small_cnn" and cfg.weights != "none"
+    result = FitResult(history={}, class_weights="balanced" if weights else "none")
+    scored = TEST if TEST in conv else VALIDATION if has_val else TRAIN
+    head_epochs = cfg.resolved_head_epochs
+    total = head_epochs + cfg.epochs
 
-    phases: list[tuple[int, float, bool]] = []  # (last epoch, learning rate, frozen)
-    if backbone and cfg.head_epochs:
-        fine_lr = cfg.fine_tune_learning_rate or cfg.learning_rate / 10
-        phases = [(cfg.head_epochs, cfg.learning_rate, True), (cfg.epochs, fine_lr, False)]
-    else:
-        phases = [(cfg.epochs, cfg.learning_rate, False)]
+    def record(h: dict[str, list[float]], phase: int) -> None:
+        for key, values in h.items():
+            result.history.setdefault(key, []).extend(float(v) for v in values)
+        n = len(next(iter(h.values()), []))
+        result.history.setdefault("phase", []).extend([float(phase)] * n)
 
-    history: dict[str, list[float]] = {}
-    first = 0
-    for last, lr, frozen in phases:
-        if backbone:
-            if frozen:
-                freeze_backbone(model)
-                log.info("phase: head only (backbone frozen), %d epoch(s)", last - first)
-            else:
-                share = set_trainable_fraction(model, cfg.trainable_fraction)
-                log.info("phase: fine-tuning, %s", share)
-        model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=lr),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-        )
+    def pixels_fit(epochs: int, first: int, callbacks: list[Any]) -> dict[str, Any]:
         with _datasets(conv, plan_, cfg, summary, augment) as (train, val):
             h = model.fit(
                 train,
-                epochs=last,
+                epochs=first + epochs,
                 initial_epoch=first,
                 steps_per_epoch=steps,
                 validation_data=val,
@@ -297,12 +362,152 @@ def fit(
                 shuffle=False,  # petastorm and tf.data shuffle; Keras cannot shuffle a stream
                 verbose=0,
             )
-        for key, values in h.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
-        first = last  # a phase that stopped early hands over at its planned last epoch
+        return dict(h.history)
+
+    best_value: float | None = None
+    if head_epochs:
+        t_head = time.perf_counter()
+        log.info("phase 1: head only, backbone frozen (%s)", freeze_backbone(model))
+        extractor = feature_extractor(model)
+        if extractor is not None:
+            feats = {}
+            for split in conv:
+                t0 = time.perf_counter()
+                feats[split] = predict_split(extractor, conv[split], plan_, cfg)
+                log.info(
+                    "frozen features of the %s split: %d image(s) in %.1fs",
+                    split,
+                    len(feats[split][1]),
+                    time.perf_counter() - t0,
+                )
+            head = head_model(model)
+            head.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            keep = keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                mode="max",
+                patience=max(cfg.early_stopping_patience, 3) or head_epochs,
+                restore_best_weights=True,
+            )
+            x, y = feats[TRAIN]
+            h = head.fit(
+                x,
+                y,
+                validation_data=feats[VALIDATION] if has_val else None,
+                epochs=head_epochs,
+                batch_size=cfg.batch_size,
+                class_weight=weights,
+                callbacks=[epoch_logger(total), keep],
+                shuffle=True,
+                verbose=0,
+            )
+            record(h.history, 1)
+            best_value = float(keep.best) if keep.best is not None else None
+            result.head_probs = np.asarray(head.predict(feats[scored][0], verbose=0))
+            result.head_truth = feats[scored][1]
+        else:  # fusion: the grayscale stream trains on pixels, so the head phase does too
+            ckpt = keras.callbacks.ModelCheckpoint(
+                str(best), monitor=monitor, mode="max", save_best_only=True, save_weights_only=True
+            )
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+            h = pixels_fit(head_epochs, 0, [epoch_logger(total), ckpt])
+            record(h, 1)
+            best_value = float(ckpt.best)
+            if best.exists():
+                model.load_weights(str(best))
+            result.head_probs, result.head_truth = predict_split(model, conv[scored], plan_, cfg)
+        result.head_validation_accuracy = best_value
+        model.save_weights(str(best))
+        result.kept = "head_only"
+        result.head_seconds = time.perf_counter() - t_head
+        log.info(
+            "phase 1 done in %.1fs: best %s %.4f", result.head_seconds, monitor, best_value or 0
+        )
+
+    if cfg.epochs:
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(best),
+            monitor=monitor,
+            mode="max",
+            save_best_only=True,
+            save_weights_only=True,
+            initial_value_threshold=best_value,
+        )
+        callbacks: list[Any] = [epoch_logger(total), checkpoint]
+        fine = checkpoint_dir / "fine_tuned.weights.h5"
+        if head_epochs:  # the best fine-tuned epoch, kept or not, to score it beside the head
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    str(fine),
+                    monitor=monitor,
+                    mode="max",
+                    save_best_only=True,
+                    save_weights_only=True,
+                )
+            )
+        if cfg.early_stopping_patience:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor=monitor, mode="max", patience=cfg.early_stopping_patience
+                )
+            )
+        if head_epochs:
+            share = set_trainable_fraction(model, cfg.trainable_fraction)
+            peak = cfg.fine_tune_learning_rate or cfg.learning_rate * FINE_TUNE_RATE
+            schedule = warmup_cosine(peak, cfg.epochs * steps, cfg.warmup_epochs * steps)
+            optimizer = adam_with_multipliers(
+                schedule, backbone_variables(model), cfg.backbone_lr_multiplier
+            )
+            log.info(
+                "phase 2: fine-tuning %s; head learning rate %.3g (warm-up %d epoch(s), "
+                "cosine decay), backbone x%.3g",
+                share,
+                peak,
+                cfg.warmup_epochs,
+                cfg.backbone_lr_multiplier,
+            )
+        else:
+            if cfg.pretrained:
+                share = set_trainable_fraction(model, cfg.trainable_fraction)
+                log.info("one phase: fine-tuning %s", share)
+            optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
+            callbacks.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=monitor,
+                    mode="max",
+                    factor=cfg.lr_factor,
+                    patience=cfg.lr_patience,
+                    min_lr=cfg.min_learning_rate,
+                    verbose=0,
+                )
+            )
+        model.compile(
+            optimizer=optimizer,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        done = len(result.history.get("loss", []))
+        record(pixels_fit(cfg.epochs, done, callbacks), 2 if head_epochs else 0)
+        if head_epochs and checkpoint.best is not None and best_value is not None:
+            if checkpoint.best > best_value:
+                result.kept = "fine_tuned"
+            elif fine.exists():
+                model.load_weights(str(fine))
+                scored_conv = conv[scored]
+                result.fine_probs, result.fine_truth = predict_split(model, scored_conv, plan_, cfg)
+        elif not head_epochs:
+            result.kept = "single_phase"
     if best.exists():
         model.load_weights(str(best))
-    return history
+    log.info("kept the weights of the %s phase", result.kept.replace("_", " "))
+    return result
 
 
 def predict_split(model: Any, conv: Any, plan_: Plan, cfg: TrainConfig) -> tuple[Any, Any]:
@@ -388,37 +593,70 @@ def _train(
         ckpt.mkdir(parents=True, exist_ok=True)
         t_fit = time.perf_counter()
         with converters(spark, prepared, cfg.cache_dir) as conv:
-            history = fit(model, conv, plan_, cfg, summary, ckpt)
+            fitted = fit(model, conv, plan_, cfg, summary, ckpt)
+            history = fitted.history
             fit_seconds = time.perf_counter() - t_fit
             scored_split = TEST if TEST in conv else VALIDATION if VALIDATION in conv else TRAIN
-            probs, truth = predict_split(model, conv[scored_split], plan_, cfg)
+            raw_probs, truth = predict_split(model, conv[scored_split], plan_, cfg)
             val_acc = None
+            temperature = 1.0
+            calibration: dict[str, Any] | None = None
             if VALIDATION in conv:
                 vp, vt = predict_split(model, conv[VALIDATION], plan_, cfg)
                 val_acc = round(float(np.mean(np.argmax(vp, axis=1) == vt)), 6)
+                if cfg.calibrate:
+                    temperature = fit_temperature(logits_of(vp), vt)
+                    calibration = {
+                        "method": "temperature_scaling",
+                        "temperature": round(temperature, 6),
+                        "fitted_on": VALIDATION,
+                        "images": len(vt),
+                    }
+                    log.info(
+                        "calibration: temperature %.4f fitted on %d image(s)", temperature, len(vt)
+                    )
 
         k = min(3, len(summary.classes))
+        probs = apply_temperature(raw_probs, temperature) if calibration else raw_probs
         scores = m.evaluate(
             m.scored_from_probabilities(probs, truth, summary.classes, k=k),
             target_precision=cfg.target_precision,
         )
+        uncalibrated = m.evaluate(
+            m.scored_from_probabilities(raw_probs, truth, summary.classes, k=k),
+            target_precision=cfg.target_precision,
+        )
+        if calibration is not None:
+            calibration["expected_calibration_error"] = {
+                "before": uncalibrated["expected_calibration_error"],
+                "after": scores["expected_calibration_error"],
+                "split": scored_split,
+            }
+            scores["calibration"] = calibration
+        phases = _phases(cfg, fitted, uncalibrated, summary.classes, k)
+        if phases:
+            scores["phases"] = phases
         headline = {
             "evaluated_on": scored_split,
             "accuracy": scores["accuracy"],
             "top_k_accuracy": scores["top_k_accuracy"],
             "macro_f1": scores["macro_f1"],
             "expected_calibration_error": scores["expected_calibration_error"],
+            "expected_calibration_error_uncalibrated": uncalibrated["expected_calibration_error"],
             "review_threshold": scores["review_threshold"],
             "validation_accuracy": val_acc,
             "epochs_run": len(history.get("loss", [])),
             "best_epoch": _best_epoch(history),
             "fit_seconds": round(fit_seconds, 1),
             "data": summary.to_json(),
-            "architecture": cfg.architecture,
+            "architecture": plan_.model.architecture,
+            "backbone": cfg.backbone,
             "fusion": cfg.fusion,
             "weights": cfg.weights,
+            "class_weights": fitted.class_weights,
             "seed": cfg.seed,
             "parameters": int(model.count_params()),
+            "phases": phases,
         }
         meta = BundleMeta(
             model_name=plan_.model_name,
@@ -427,6 +665,7 @@ def _train(
             labels=labels,
             preprocessing=plan_.spec,
             metrics=headline,
+            calibration=calibration,
         )
         report = tmp / REPORT_DIR
         write_report(
@@ -438,9 +677,11 @@ def _train(
                 "version": meta.model_version,
                 "base library": cfg.base_library,
                 "split": scored_split,
-                "architecture": cfg.architecture,
+                "architecture": plan_.model.architecture,
+                "backbone": cfg.backbone or "built in",
                 "fusion": cfg.fusion,
                 "weights": cfg.weights,
+                "class weights": fitted.class_weights,
                 "epochs run": headline["epochs_run"],
                 "seed": cfg.seed,
             },
@@ -462,6 +703,65 @@ def _train(
         val_acc,
     )
     return meta
+
+
+def _phases(
+    cfg: TrainConfig, fitted: FitResult, final: dict[str, Any], classes: list[str], k: int
+) -> dict[str, Any] | None:
+    """The head-only (frozen backbone) result beside the fine-tuned one, same split.
+
+    Both uncalibrated, so the comparison is the networks' own; None without a head phase.
+    """
+    if fitted.head_probs is None:
+        return None
+    from prodclf.evaluation import metrics as m
+
+    head = m.evaluate(
+        m.scored_from_probabilities(fitted.head_probs, fitted.head_truth, classes, k=k),
+        target_precision=cfg.target_precision,
+    )
+    fine = [
+        v
+        for v, p in zip(
+            fitted.history.get("val_accuracy", []), fitted.history["phase"], strict=False
+        )
+        if p == 2
+    ]
+
+    def row(s: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "accuracy": s["accuracy"],
+            "top_3_accuracy": s["top_k_accuracy"].get(f"top_{k}"),
+            "macro_f1": s["macro_f1"],
+            "expected_calibration_error": s["expected_calibration_error"],
+        }
+
+    tuned: dict[str, Any] = {
+        "validation_accuracy": round(max(fine), 6) if fine else None,
+        "epochs": len(fine),
+    }
+    if fitted.kept == "fine_tuned":
+        tuned.update(row(final))
+    elif fitted.fine_probs is not None:
+        tuned.update(
+            row(
+                m.evaluate(
+                    m.scored_from_probabilities(fitted.fine_probs, fitted.fine_truth, classes, k=k),
+                    target_precision=cfg.target_precision,
+                )
+            )
+        )
+    return {
+        "head_only": {
+            **row(head),
+            "validation_accuracy": fitted.head_validation_accuracy,
+            "epochs": int(sum(1 for p in fitted.history["phase"] if p == 1)),
+            "seconds": round(fitted.head_seconds, 1),
+        },
+        # The best fine-tuned epoch, scored even when its weights were not kept.
+        "fine_tuned": tuned,
+        "kept": fitted.kept,
+    }
 
 
 def _best_epoch(history: dict[str, list[float]]) -> int | None:

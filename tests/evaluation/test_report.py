@@ -181,3 +181,32 @@ def test_learning_curves_refuses_empty_history(tmp_path: Path) -> None:
         plot_learning_curves({"epoch_time": [1.0]}, tmp_path / "x.png")
     with pytest.raises(ValueError, match="nothing to plot"):
         plot_learning_curves({"loss": []}, tmp_path / "x.png")
+
+
+def test_report_shows_head_only_beside_fine_tuned_and_the_calibration(tmp_path: Path) -> None:
+    metrics = small_metrics()
+    metrics["phases"] = {
+        "head_only": {"accuracy": 0.8, "validation_accuracy": 0.81, "macro_f1": 0.7, "epochs": 14},
+        "fine_tuned": {
+            "accuracy": 0.84,
+            "validation_accuracy": 0.84,
+            "macro_f1": 0.78,
+            "epochs": 8,
+        },
+        "kept": "fine_tuned",
+    }
+    metrics["calibration"] = {
+        "temperature": 1.41,
+        "fitted_on": "validation",
+        "images": 296,
+        "expected_calibration_error": {"before": 0.062, "after": 0.024, "split": "test"},
+    }
+    history = {"loss": [1.0, 0.8, 0.9, 0.5], "phase": [1.0, 1.0, 2.0, 2.0]}
+    write_report(tmp_path, metrics, title="t", history=history)
+    text = (tmp_path / "report.md").read_text()
+    assert "| head only | 81.00% | 80.00% | n/a | 0.7000 | n/a | 14 |" in text
+    assert "| fine-tuned | 84.00% | 84.00% | n/a | 0.7800 | n/a | 8 |" in text
+    assert "Kept: the **fine tuned** weights" in text
+    assert "T = 1.4100, fitted on 296 validation image(s)" in text
+    assert "0.0620 before, 0.0240 after" in text
+    assert_png(tmp_path / "learning_curves.png")

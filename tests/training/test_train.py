@@ -37,6 +37,7 @@ pytestmark = pytest.mark.train
 ROOT = Path(__file__).resolve().parents[2]
 SHARED = ROOT.parent / "shared"
 MOBILENET = SHARED / "weights" / "mobilenet_2_5_224_tf_no_top.h5"
+EFFICIENTNET = SHARED / "weights" / "efficientnet_lite0_imagenet_no_top.keras"
 
 
 def pattern_png(label: str, seed: int, size: int = 16) -> bytes:
@@ -201,7 +202,7 @@ def test_pretrained_mobilenet_two_phase_with_labels_table_and_split_column(
         image_height=32,
         image_width=32,
         color_mode=None,
-        epochs=2,
+        epochs=1,
         head_epochs=1,
         fusion="gray+rgb",
     )
@@ -216,9 +217,71 @@ def test_pretrained_mobilenet_two_phase_with_labels_table_and_split_column(
     assert meta.metrics["epochs_run"] == 2
     assert meta.model_name == "prodclf-mobilenet-gray-rgb"
     history = json.loads((out / "report" / "history.json").read_text())
-    assert len(history["loss"]) == 2
+    assert len(history["loss"]) == 2 and history["phase"] == [1, 2]
+    # With fusion the head phase trains on pixels; both phases are still reported.
+    assert meta.metrics["phases"]["head_only"]["epochs"] == 1
+    assert meta.metrics["phases"]["fine_tuned"]["epochs"] == 1
     rows = tag(spark, library, out, tmp_path / "commodity", "mobilenet-1")
     assert len(rows) == len(truth) + 1
+
+
+@pytest.mark.slow
+def test_a_backbone_file_and_fine_tuning_never_ends_below_the_frozen_features_head(
+    spark: Any, tmp_path: Path
+) -> None:
+    """The recipe's guarantee, with fine-tuning made destructive on purpose.
+
+    ``--backbone`` with the shared EfficientNet-Lite0 file (rebuilt at 32 px to keep the test
+    short): the head trains on frozen features first; then fine-tuning at a learning rate
+    of 0.5 for every layer wrecks the network. The bundle must hold the head-only weights
+    (best on validation across both phases), report both phases, and be calibrated.
+    """
+    library, _ = make_catalog(tmp_path / "catalog", n=48)
+    out = tmp_path / "m"
+    cfg = train_config(
+        library,
+        out,
+        backbone=str(EFFICIENTNET),
+        image_height=32,
+        image_width=32,
+        color_mode=None,
+        head_epochs=10,
+        epochs=2,
+        fine_tune_learning_rate=0.5,
+        backbone_lr_multiplier=1.0,
+        warmup_epochs=0,
+        augmentation="none",
+        noise=False,
+    )
+    plan = plan_model(cfg)
+    assert plan.spec == PreprocessSpec(32, 32, "rgb", "raw")  # raw: the file rescales itself
+    assert plan.model.architecture == "custom"
+
+    meta = run_train_job(cfg, spark)
+
+    m = meta.metrics
+    phases = m["phases"]
+    head, tuned = phases["head_only"], phases["fine_tuned"]
+    assert head["epochs"] >= 1 and tuned["epochs"] == 2
+    assert head["validation_accuracy"] >= 0.75, phases
+    assert phases["kept"] == "head_only", phases
+    # The kept model is the head-only one: same validation and test results.
+    assert m["validation_accuracy"] == pytest.approx(head["validation_accuracy"], abs=1e-6)
+    assert m["accuracy"] == pytest.approx(head["accuracy"], abs=1e-6)
+    # The wrecked weights are scored beside the kept ones.
+    assert "accuracy" in tuned and tuned["validation_accuracy"] <= head["validation_accuracy"]
+    assert m["architecture"] == "custom" and m["backbone"] == str(EFFICIENTNET)
+    # Calibrated: the temperature is in bundle.json and the report shows ECE before/after.
+    stored = json.loads((out / "bundle.json").read_text())["calibration"]
+    assert stored["temperature"] > 0 and stored["fitted_on"] == "validation"
+    assert meta.calibration == stored
+    report = (out / "report" / "report.md").read_text()
+    assert "Head only (frozen backbone) vs fine-tuned" in report
+    assert "Temperature scaling: T =" in report
+    scores = json.loads((out / "report" / "metrics.json").read_text())
+    assert set(scores["calibration"]["expected_calibration_error"]) == {"before", "after", "split"}
+    history = json.loads((out / "report" / "history.json").read_text())
+    assert history["phase"] == [1] * head["epochs"] + [2] * 2
 
 
 # --- the Spark side, without training -----------------------------------------------------
@@ -292,11 +355,19 @@ def test_decode_reports_failures_per_row(tmp_path: Path) -> None:
     assert out["pixels"][1] is None and out["pixels"][2] is None
 
 
-def test_balanced_class_weights() -> None:
+def test_balanced_class_weights(caplog: Any) -> None:
     summary = DataSummary(classes=["a", "b", "c"], images={"train": {"a": 6, "b": 3, "c": 1}})
     # n / (k * n_c) = 10 / (3 * n_c)
-    assert class_weights(summary, "balanced") == pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
+    balanced = pytest.approx({0: 10 / 18, 1: 10 / 9, 2: 10 / 3})
+    assert class_weights(summary, "balanced") == balanced
     assert class_weights(summary, "none") is None
+    # auto (the default): balanced when skewed, and the log says so.
+    assert TrainConfig(base_library="/b", model_out="/m").class_weights == "auto"
+    with caplog.at_level("INFO", logger="prodclf.training.job"):
+        assert class_weights(summary, "auto") == balanced
+    assert "class weights: balanced (auto: largest/smallest training class = 6.0" in caplog.text
+    even = DataSummary(classes=["a", "b"], images={"train": {"a": 10, "b": 8}})
+    assert class_weights(even, "auto") is None
 
 
 def test_missing_label_column_is_named(spark: Any, tmp_path: Path) -> None:
@@ -353,7 +424,10 @@ def test_preflight_refuses_model_out_inside_the_base_library(tmp_path: Path) -> 
             "expects symmetric",
         ),
         ({"fusion": "rgb+depth"}, "--fusion"),
-        ({"epochs": 2, "head_epochs": 2}, "--head-epochs 2 must be below --epochs 2"),
+        ({"epochs": 0}, "--epochs 0 needs a pretrained backbone"),
+        ({"backbone": str(MOBILENET)}, "not a Keras model file"),
+        ({"backbone": "/no/such.keras"}, "--backbone /no/such.keras: no such file"),
+        ({"backbone": str(EFFICIENTNET), "scale": "unit"}, "rescales raw 0..255 pixels itself"),
         ({"trainable_fraction": 1.5}, "trainable_fraction must be within"),
         ({"validation_fraction": 0.5, "test_fraction": 0.5}, "leave images to train on"),
         ({"labels": "/no/labels"}, "labels table /no/labels: not found"),
