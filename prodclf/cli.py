@@ -535,6 +535,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for noisy in ("py4j", "botocore", "urllib3", "s3transfer"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Spark 4 logs every failed query analysis as a JSON record on stderr, also the ones
+    # prodclf catches and turns into its one-line refusal (a bad --where): errors that are
+    # not caught still end the command with their own message.
+    logging.getLogger("SQLQueryContextLogger").setLevel(logging.CRITICAL)
     try:
         return COMMANDS[args.command](args)
     except ProdclfError as exc:
