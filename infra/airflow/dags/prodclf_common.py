@@ -32,6 +32,9 @@ CONN_ID = os.environ.get("PRODCLF_SPARK_CONN", "spark_default")
 SPARK_CONF: dict[str, str] = {
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.execution.arrow.maxRecordsPerBatch": "256",
+    # Spark 4 settings (ignored by Spark 3.5): byte-capped Arrow batches, a classic session.
+    "spark.sql.execution.arrow.maxBytesPerBatch": "64m",
+    "spark.api.mode": "classic",
     "spark.python.worker.reuse": "true",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.shuffle.partitions": "200",
