@@ -506,7 +506,8 @@ def fit(
             result.kept = "single_phase"
     if best.exists():
         model.load_weights(str(best))
-    log.info("kept the weights of the %s phase", result.kept.replace("_", " "))
+    phase = result.kept.replace("_", " ").removesuffix(" phase")
+    log.info("kept the weights of the %s phase", phase)
     return result
 
 
