@@ -125,6 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tag.add_argument("--model-batch-size", type=int, metavar="N", help="images per model call")
     tag.add_argument(
+        "--tf-threads",
+        type=int,
+        metavar="N",
+        help="TensorFlow threads per Python worker (default 0: spark.task.cpus)",
+    )
+    tag.add_argument(
         "--fetch-concurrency",
         type=int,
         metavar="N",

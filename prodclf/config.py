@@ -95,9 +95,16 @@ class InferenceConfig(Validated):
     review_threshold: float = 0.6
     # Use the GPUs Spark assigned to the task (spark.task.resource.gpu.amount).
     use_gpu: bool = True
+    # TensorFlow threads per Python worker; 0: the task's CPUs (spark.task.cpus), so the
+    # tasks running at once on an executor share its cores instead of oversubscribing them.
+    tf_threads: int = 0
 
     def validate(self) -> None:
         _positive(self, "arrow_batch_size", "model_batch_size", "top_k", "rows_per_partition")
+        if self.tf_threads < 0:
+            raise ConfigError(
+                f"inference.tf_threads must be 0 (auto) or more, not {self.tf_threads}"
+            )
         if not 0.0 <= self.review_threshold <= 1.0:
             raise ConfigError(
                 f"inference.review_threshold must be within [0, 1], not {self.review_threshold}"

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from prodclf.model.augment import scale_tf
 from prodclf.model.bundle import SAVED_MODEL_DIR, BundleMeta, read_meta
 from prodclf.storage import objects
 
@@ -32,7 +33,12 @@ PredictFn = Callable[[np.ndarray], np.ndarray]
 
 
 class Predictor:
-    """A loaded bundle: metadata plus a compiled predict function."""
+    """A loaded bundle: metadata plus a compiled predict function.
+
+    ``predict`` takes model-ready uint8 pixels ``(N, H, W, C)``: the bundle's scaling runs
+    inside the model's graph, fused and multithreaded, rather than as numpy passes over
+    float copies four times the size (and uint8 is what crosses to a GPU).
+    """
 
     def __init__(self, meta: BundleMeta, predict: PredictFn) -> None:
         self.meta = meta
@@ -51,13 +57,16 @@ _PREDICTORS: OrderedDict[tuple[str, bool, tuple[str, ...], str], Predictor] = Or
 _LOCK = threading.Lock()
 
 
-def get_predictor(model_uri: str, use_gpu: bool = True, fingerprint: str = "") -> Predictor:
+def get_predictor(
+    model_uri: str, use_gpu: bool = True, fingerprint: str = "", threads: int = 0
+) -> Predictor:
     """The worker's predictor for ``model_uri``, loaded on first use and then reused.
 
     Keyed by everything that changes it: the bundle and its version (``fingerprint``, the
     driver's ``BundleMeta.fingerprint``), whether GPUs are used, and the GPU addresses
     Spark gave this task (a reused worker given another GPU gets a predictor placed on
-    it). A loaded bundle whose fingerprint differs from the driver's raises
+    it). ``threads`` sizes TensorFlow's thread pools when this load is the process's first
+    (see ``tf_thread_count``). A loaded bundle whose fingerprint differs from the driver's raises
     ``BundleChanged``: rows never mix one version's labels with another's.
     """
     gpus = task_gpu_addresses() if use_gpu else ()
@@ -66,7 +75,7 @@ def get_predictor(model_uri: str, use_gpu: bool = True, fingerprint: str = "") -
         if key in _PREDICTORS:
             _PREDICTORS.move_to_end(key)
             return _PREDICTORS[key]
-        predictor = load_predictor(model_uri, use_gpu, gpus)
+        predictor = load_predictor(model_uri, use_gpu, gpus, threads)
         if fingerprint and predictor.meta.fingerprint != fingerprint:
             raise BundleChanged(
                 f"model bundle {model_uri} is {predictor.meta.model_version} "
@@ -80,24 +89,35 @@ def get_predictor(model_uri: str, use_gpu: bool = True, fingerprint: str = "") -
 
 
 def load_predictor(
-    model_uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None
+    model_uri: str,
+    use_gpu: bool = True,
+    gpus: tuple[str, ...] | None = None,
+    threads: int = 0,
 ) -> Predictor:
     if gpus is None:
         gpus = task_gpu_addresses() if use_gpu else ()
-    tf = import_tensorflow(gpus, use_gpu)
+    tf = import_tensorflow(gpus, use_gpu, tf_thread_count(threads))
     device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
     local = materialize_bundle(model_uri)
     meta = read_meta(str(local))
     with tf.device(device) if device else contextlib.nullcontext():
         loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)
+    scale = meta.preprocessing.scale
+
+    @tf.function(
+        input_signature=[tf.TensorSpec([None, *meta.preprocessing.shape], tf.uint8)],
+        jit_compile=False,
+    )
+    def serve(pixels: Any) -> Any:
+        out = endpoint(scale_tf(pixels, scale))
+        return next(iter(out.values())) if isinstance(out, dict) else out
 
     def predict(x: np.ndarray) -> np.ndarray:
+        if x.dtype != np.uint8:
+            raise TypeError(f"the model takes uint8 pixels, not {x.dtype}")
         with tf.device(device) if device else contextlib.nullcontext():
-            out = endpoint(tf.constant(x, dtype=tf.float32))
-        if isinstance(out, dict):
-            out = next(iter(out.values()))
-        return np.asarray(out)
+            return np.asarray(serve(tf.constant(x)))
 
     predict.__dict__["_keep_alive"] = loaded  # the endpoint needs its object graph
     log.info("loaded model %s %s on %s", meta.model_name, meta.model_version, device or "cpu")
@@ -118,6 +138,23 @@ def tf_device(gpus: tuple[str, ...], visible: str | None) -> str | None:
         if address in ids:
             return f"/GPU:{ids.index(address)}"
     return f"/GPU:{address}" if address.isdigit() else None
+
+
+def tf_thread_count(threads: int) -> int:
+    """TensorFlow's pool size for this worker: ``threads``, or with 0 the task's CPUs.
+
+    Spark runs ``cores / spark.task.cpus`` tasks (so Python workers) per executor at once;
+    each TensorFlow sizing its pools to every core of the machine oversubscribes the
+    cores, and its idle pool threads spin on them. Outside a task, 0: TensorFlow's default.
+    """
+    if threads > 0:
+        return threads
+    try:
+        from pyspark import TaskContext
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return 0
+    ctx = TaskContext.get()
+    return int(ctx.cpus()) if ctx is not None else 0
 
 
 def task_gpu_addresses() -> tuple[str, ...]:
@@ -146,13 +183,24 @@ def visible_devices_env(gpus: tuple[str, ...], use_gpu: bool) -> str | None:
     return None
 
 
-def import_tensorflow(gpus: tuple[str, ...] = (), use_gpu: bool = True) -> Any:
-    """Import TensorFlow (GPUs hidden unless used) with memory growth on."""
+def import_tensorflow(gpus: tuple[str, ...] = (), use_gpu: bool = True, threads: int = 0) -> Any:
+    """Import TensorFlow (GPUs hidden unless used) with memory growth on.
+
+    ``threads`` > 0 sizes its intra- and inter-op pools, which only the first
+    initialisation in a process can do (a reused worker keeps its first size).
+    """
     env = visible_devices_env(gpus, use_gpu)
     if env is not None and "tensorflow" not in _imported():
         os.environ["CUDA_VISIBLE_DEVICES"] = env
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
+
+    if threads > 0:
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # already initialised in this process: its pools stay
+            log.debug("TensorFlow already initialised; thread pools left as they are")
 
     for dev in tf.config.list_physical_devices("GPU"):
         # RuntimeError: already initialised by an earlier load in this process.

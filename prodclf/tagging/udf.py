@@ -23,7 +23,7 @@ import pandas as pd
 
 from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
-from prodclf.images import PreparedBatch, prepare_batch, scale_pixels
+from prodclf.images import PreparedBatch, prepare_batch
 from prodclf.model.bundle import BundleMeta, calibrate
 from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
@@ -106,10 +106,9 @@ def finish_batch(
     errors = dict(batch.errors)
 
     if len(batch.ok_rows):
-        x = scale_pixels(batch.pixels, meta.preprocessing.scale)
         probs, failed = predict_isolating(
             predict,
-            x,
+            batch.pixels,  # uint8: the predictor scales them in the model's graph
             inference.model_batch_size,
             meta.num_classes,
             logits=meta.output == "logits",
@@ -210,7 +209,9 @@ def tag_images_udf(
 
     def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         try:
-            predictor = get_predictor(model_uri, inference.use_gpu, fingerprint)
+            predictor = get_predictor(
+                model_uri, inference.use_gpu, fingerprint, inference.tf_threads
+            )
         except BundleChanged as exc:
             err = RowError(ErrorCode.INFERENCE_FAILED, str(exc)[:300])
             for batch in uris:

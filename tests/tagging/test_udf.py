@@ -141,7 +141,8 @@ def test_finish_batch_tags_ok_rows_and_keeps_error_rows_in_order() -> None:
     np.testing.assert_allclose(df["top_k_scores"][4], [0.9, 0.05], rtol=1e-5)
 
 
-def test_finish_batch_scales_pixels_as_the_bundle_says() -> None:
+def test_finish_batch_hands_the_predictor_uint8_pixels() -> None:
+    """Scaling is the predictor's (in the model's graph), not a float copy made here."""
     seen: list[np.ndarray] = []
 
     def predict(x: np.ndarray) -> np.ndarray:
@@ -151,8 +152,8 @@ def test_finish_batch_scales_pixels_as_the_bundle_says() -> None:
     finish_batch(
         batch_of([(255, 0, 51)]), predict, meta(scale="symmetric"), InferenceConfig(top_k=1)
     )
-    assert seen[0].dtype == np.float32
-    np.testing.assert_allclose(seen[0][0, 0, 0], [1.0, -1.0, -0.6], rtol=1e-6)
+    assert seen[0].dtype == np.uint8
+    assert seen[0][0, 0, 0].tolist() == [255, 0, 51]
 
 
 def test_top_k_is_capped_at_the_number_of_labels() -> None:
@@ -434,13 +435,53 @@ def test_load_predictor_runs_the_saved_model(
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # restored afterwards, whatever happens
     predictor = load_predictor(str(color_bundle), use_gpu=False)
     assert [lb.name for lb in predictor.meta.labels] == ["red", "blue"]
-    x = np.zeros((2, 8, 8, 3), dtype=np.float32)
-    x[0, ..., 0] = 0.9  # red
-    x[1, ..., 2] = 0.9  # blue
+    x = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    x[0, ..., 0] = 230  # red
+    x[1, ..., 2] = 230  # blue
     probs = predictor.predict(x)
     assert probs.shape == (2, 2)
     assert probs[0].argmax() == 0 and probs[1].argmax() == 1
     np.testing.assert_allclose(probs.sum(axis=1), [1.0, 1.0], rtol=1e-5)
+
+
+def test_the_predictor_scales_uint8_pixels_as_the_bundle_says(
+    color_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bundle says ``unit``: (255, 0, 51) is r - b = 0.8, logits +-8, so
+    p(blue) = 1 / (1 + e^16). Unscaled pixels (r - b = 204) would give p(blue) = 0."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    predictor = load_predictor(str(color_bundle), use_gpu=False)
+    x = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    x[0, ...] = (255, 0, 51)
+    probs = predictor.predict(x)
+    np.testing.assert_allclose(probs[0, 1], 1 / (1 + np.exp(16.0)), rtol=1e-3)
+    with pytest.raises(TypeError, match="uint8"):
+        predictor.predict(x.astype(np.float32))
+
+
+def test_tensorflow_threads_follow_the_task_cpus(spark: Any) -> None:
+    """Inside a Spark task, 0 means spark.task.cpus; a positive count is kept."""
+    got = (
+        spark.sparkContext.parallelize([0, 3], 2)
+        .map(lambda n: runtime.tf_thread_count(n))
+        .collect()
+    )
+    cpus = int(spark.sparkContext.getConf().get("spark.task.cpus", "1"))
+    assert got == [cpus, 3]
+    assert runtime.tf_thread_count(0) == 0  # on the driver: TensorFlow's own default
+
+
+def test_import_tensorflow_sizes_its_thread_pools() -> None:
+    code = (
+        "from prodclf.model.runtime import import_tensorflow\n"
+        "tf = import_tensorflow((), False, 1)\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split() == ["1", "1"]
 
 
 def test_materialize_bundle_downloads_an_s3_bundle_once(
@@ -504,7 +545,9 @@ def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[str, ..
     """``load_predictor`` replaced: records (uri, gpus) and returns a fake predictor."""
     loads: list[tuple[str, tuple[str, ...]]] = []
 
-    def load(uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None) -> Predictor:
+    def load(
+        uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None, threads: int = 0
+    ) -> Predictor:
         loads.append((uri, gpus or ()))
         version = uri.rsplit("/", 1)[-1]
         return Predictor(replace(meta(), model_version=version), normalise)
