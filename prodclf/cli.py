@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="TensorFlow threads per Python worker (default 0: spark.task.cpus)",
     )
     tag.add_argument(
+        "--engine",
+        choices=("auto", "tensorflow"),
+        help="auto (default): the bundle's LiteRT model on CPUs when it has one",
+    )
+    tag.add_argument(
         "--fetch-concurrency",
         type=int,
         metavar="N",

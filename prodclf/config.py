@@ -80,6 +80,9 @@ class StorageConfig(Validated):
             raise ConfigError(f"storage.allowed_schemes: unsupported scheme(s) {', '.join(bad)}")
 
 
+ENGINES = ("auto", "tensorflow")
+
+
 @dataclass(frozen=True)
 class InferenceConfig(Validated):
     """Batching and tagging policy on the workers."""
@@ -98,9 +101,16 @@ class InferenceConfig(Validated):
     # TensorFlow threads per Python worker; 0: the task's CPUs (spark.task.cpus), so the
     # tasks running at once on an executor share its cores instead of oversubscribing them.
     tf_threads: int = 0
+    # auto: on CPUs, the bundle's LiteRT model when it has one (prodclf.model.lite), else
+    # TensorFlow; tensorflow: always the SavedModel. GPUs always run TensorFlow.
+    engine: str = "auto"
 
     def validate(self) -> None:
         _positive(self, "arrow_batch_size", "model_batch_size", "top_k", "rows_per_partition")
+        if self.engine not in ENGINES:
+            raise ConfigError(
+                f"inference.engine must be one of {', '.join(ENGINES)}, not {self.engine!r}"
+            )
         if self.tf_threads < 0:
             raise ConfigError(
                 f"inference.tf_threads must be 0 (auto) or more, not {self.tf_threads}"

@@ -6,6 +6,8 @@ Layout (a local directory or an ``s3://`` prefix)::
                        preprocessing, metrics
     saved_model/       tf.saved_model export with a ``serve`` endpoint (a graph: loading
                        it runs no Python from the bundle; no pickles, no Lambda layers)
+    model.tflite       optional: the same endpoint for LiteRT's CPU kernels, uint8 pixels
+                       in (``prodclf.model.lite``); its sha256 is in bundle.json
 
 Reading the metadata never imports TensorFlow, so the driver can validate a bundle
 before any Spark work starts.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,9 @@ class BundleMeta:
     # {"temperature": T, ...}: temperature scaling applied to the outputs at tag time
     # (``calibrate``). Bundles without it are used as they are (T = 1).
     calibration: dict[str, Any] | None = field(default=None, hash=False)
+    # {"file": "model.tflite", "sha256": ...}: the converted model (``prodclf.model.lite``);
+    # bundles without it run on TensorFlow.
+    lite_model: dict[str, str] | None = field(default=None, hash=False)
 
     @property
     def temperature(self) -> float:
@@ -99,6 +104,7 @@ class BundleMeta:
                 created_at=str(data.get("created_at", "")),
                 format_version=int(data.get("format_version", FORMAT_VERSION)),
                 calibration=_calibration(data.get("calibration")),
+                lite_model=_lite_model(data.get("lite_model")),
             )
         except ModelBundleError:
             raise
@@ -127,6 +133,18 @@ def _calibration(entry: Any) -> dict[str, Any] | None:
     if isinstance(t, bool) or not isinstance(t, int | float) or not (0 < t < float("inf")):
         raise ValueError(f"calibration temperature must be a positive number, not {t!r}")
     return dict(entry)
+
+
+def _lite_model(entry: Any) -> dict[str, str] | None:
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not all(
+        isinstance(entry.get(k), str) and entry.get(k) for k in ("file", "sha256")
+    ):
+        raise TypeError(f"lite_model must be an object {{file, sha256}}, not {entry!r}")
+    if "/" in entry["file"] or entry["file"].startswith("."):
+        raise ValueError(f"lite_model file must be a file name in the bundle: {entry['file']!r}")
+    return {"file": entry["file"], "sha256": entry["sha256"]}
 
 
 def calibrate(probs: Any, meta: BundleMeta) -> Any:
@@ -175,8 +193,13 @@ def export_bundle(
     meta: BundleMeta,
     dest_uri: str,
     extra_files: dict[str, bytes] | None = None,
+    lite: bool = True,
 ) -> BundleMeta:
-    """Export a Keras model as a bundle at ``dest_uri`` (imports TensorFlow)."""
+    """Export a Keras model as a bundle at ``dest_uri`` (imports TensorFlow).
+
+    With ``lite``, the endpoint is also converted for LiteRT's CPU kernels when the
+    converted model answers like the SavedModel (``prodclf.model.lite``).
+    """
     if not meta.created_at:
         meta = BundleMeta(
             **{
@@ -190,6 +213,13 @@ def export_bundle(
         root = Path(tmp) / "bundle"
         root.mkdir()
         model.export(str(root / SAVED_MODEL_DIR), format="tf_saved_model", verbose=False)
+        if lite:
+            from prodclf.model.lite import LITE_FILE, lite_entry, lite_model_for
+
+            data = lite_model_for(str(root / SAVED_MODEL_DIR), meta.preprocessing, meta.endpoint)
+            if data is not None:
+                (root / LITE_FILE).write_bytes(data)
+                meta = replace(meta, lite_model=lite_entry(data))
         (root / META_FILE).write_text(meta.to_json())
         for name, data in (extra_files or {}).items():
             (root / name).parent.mkdir(parents=True, exist_ok=True)

@@ -53,29 +53,34 @@ class BundleChanged(RuntimeError):
 #: model cache behind Spark's ``predict_batch_udf``: a model can hold gigabytes.
 CACHE_SIZE = 2
 
-_PREDICTORS: OrderedDict[tuple[str, bool, tuple[str, ...], str], Predictor] = OrderedDict()
+_PREDICTORS: OrderedDict[tuple[str, bool, tuple[str, ...], str, str], Predictor] = OrderedDict()
 _LOCK = threading.Lock()
 
 
 def get_predictor(
-    model_uri: str, use_gpu: bool = True, fingerprint: str = "", threads: int = 0
+    model_uri: str,
+    use_gpu: bool = True,
+    fingerprint: str = "",
+    threads: int = 0,
+    engine: str = "auto",
 ) -> Predictor:
     """The worker's predictor for ``model_uri``, loaded on first use and then reused.
 
     Keyed by everything that changes it: the bundle and its version (``fingerprint``, the
     driver's ``BundleMeta.fingerprint``), whether GPUs are used, and the GPU addresses
     Spark gave this task (a reused worker given another GPU gets a predictor placed on
-    it). ``threads`` sizes TensorFlow's thread pools when this load is the process's first
-    (see ``tf_thread_count``). A loaded bundle whose fingerprint differs from the driver's raises
-    ``BundleChanged``: rows never mix one version's labels with another's.
+    it), and the engine. ``threads`` sizes TensorFlow's thread pools when this load is the
+    process's first (see ``tf_thread_count``). A loaded bundle whose fingerprint differs
+    from the driver's raises ``BundleChanged``: rows never mix one version's labels with
+    another's.
     """
     gpus = task_gpu_addresses() if use_gpu else ()
-    key = (model_uri, use_gpu, gpus, fingerprint)
+    key = (model_uri, use_gpu, gpus, fingerprint, engine)
     with _LOCK:
         if key in _PREDICTORS:
             _PREDICTORS.move_to_end(key)
             return _PREDICTORS[key]
-        predictor = load_predictor(model_uri, use_gpu, gpus, threads)
+        predictor = load_predictor(model_uri, use_gpu, gpus, threads, engine)
         if fingerprint and predictor.meta.fingerprint != fingerprint:
             raise BundleChanged(
                 f"model bundle {model_uri} is {predictor.meta.model_version} "
@@ -93,13 +98,23 @@ def load_predictor(
     use_gpu: bool = True,
     gpus: tuple[str, ...] | None = None,
     threads: int = 0,
+    engine: str = "auto",
 ) -> Predictor:
+    """The bundle's predictor: on a GPU through TensorFlow; on CPUs, with ``engine`` auto,
+    through the bundle's LiteRT model when it has one (about twice as fast), else
+    TensorFlow; ``tensorflow`` always runs the SavedModel."""
     if gpus is None:
         gpus = task_gpu_addresses() if use_gpu else ()
-    tf = import_tensorflow(gpus, use_gpu, tf_thread_count(threads))
+    threads = tf_thread_count(threads)
+    tf = import_tensorflow(gpus, use_gpu, threads)
     device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
     local = materialize_bundle(model_uri)
     meta = read_meta(str(local))
+    if engine == "auto" and device is None and meta.lite_model:
+        lite = load_lite(local, meta, threads)
+        if lite is not None:
+            log.info("loaded model %s %s on cpu (LiteRT)", meta.model_name, meta.model_version)
+            return Predictor(meta, lite)
     with tf.device(device) if device else contextlib.nullcontext():
         loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)
@@ -122,6 +137,18 @@ def load_predictor(
     predict.__dict__["_keep_alive"] = loaded  # the endpoint needs its object graph
     log.info("loaded model %s %s on %s", meta.model_name, meta.model_version, device or "cpu")
     return Predictor(meta, predict)
+
+
+def load_lite(local: Path, meta: BundleMeta, threads: int) -> PredictFn | None:
+    """The bundle's LiteRT predict function, or None when its file does not match."""
+    from prodclf.model.lite import LitePredict
+
+    assert meta.lite_model is not None
+    data = (local / meta.lite_model["file"]).read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.lite_model["sha256"]:
+        log.warning("%s does not match its sha256 in bundle.json: running the SavedModel", local)
+        return None
+    return LitePredict(data, threads or (os.cpu_count() or 1))
 
 
 def tf_device(gpus: tuple[str, ...], visible: str | None) -> str | None:

@@ -210,7 +210,7 @@ def tag_images_udf(
     def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         try:
             predictor = get_predictor(
-                model_uri, inference.use_gpu, fingerprint, inference.tf_threads
+                model_uri, inference.use_gpu, fingerprint, inference.tf_threads, inference.engine
             )
         except BundleChanged as exc:
             err = RowError(ErrorCode.INFERENCE_FAILED, str(exc)[:300])

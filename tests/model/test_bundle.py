@@ -62,3 +62,25 @@ def test_malformed_labels_are_refused(tmp_path: Path, labels: list[Any]) -> None
     data["labels"] = labels
     with pytest.raises(ModelBundleError, match=r"invalid bundle\.json"):
         BundleMeta.from_dict(data, "b")
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "model.tflite",
+        {"file": "model.tflite"},
+        {"file": "../elsewhere.tflite", "sha256": "ab"},
+        {"file": "model.tflite", "sha256": 3},
+    ],
+)
+def test_malformed_lite_model_entries_are_refused(tmp_path: Path, entry: Any) -> None:
+    data = json.loads(meta(Label("a", "1"), Label("b", "2")).to_json())
+    data["lite_model"] = entry
+    with pytest.raises(ModelBundleError, match="lite_model"):
+        read_meta(write_bundle(tmp_path / "b", data))
+
+
+def test_bundles_without_a_lite_model_load_without_one(tmp_path: Path) -> None:
+    data = json.loads(meta(Label("a", "1"), Label("b", "2")).to_json())
+    del data["lite_model"]
+    assert read_meta(write_bundle(tmp_path / "b", data)).lite_model is None
