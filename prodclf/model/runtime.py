@@ -106,15 +106,17 @@ def load_predictor(
     if gpus is None:
         gpus = task_gpu_addresses() if use_gpu else ()
     threads = tf_thread_count(threads)
-    tf = import_tensorflow(gpus, use_gpu, threads)
-    device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
     local = materialize_bundle(model_uri)
     meta = read_meta(str(local))
-    if engine == "auto" and device is None and meta.lite_model:
+    if engine == "auto" and not (use_gpu and gpus) and meta.lite_model:
+        # A CPU task: LiteRT's interpreter, and TensorFlow is never imported (where the
+        # ai-edge-litert package is installed): less memory, a faster first batch.
         lite = load_lite(local, meta, threads)
         if lite is not None:
             log.info("loaded model %s %s on cpu (LiteRT)", meta.model_name, meta.model_version)
             return Predictor(meta, lite)
+    tf = import_tensorflow(gpus, use_gpu, threads)
+    device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
     with tf.device(device) if device else contextlib.nullcontext():
         loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)

@@ -111,3 +111,24 @@ def test_lite_predict_takes_uint8_only_and_any_batch_size(lite_bundle: tuple[Pat
     assert predict(parity_batch(SPEC, rows=7)).shape == (7, 3)
     with pytest.raises(TypeError, match="uint8"):
         predict(parity_batch(SPEC).astype(np.float32))
+
+
+def test_a_cpu_worker_running_the_lite_model_never_imports_tensorflow(
+    lite_bundle: tuple[Path, Any],
+) -> None:
+    """LiteRT's own package runs the model: no TensorFlow import, its memory or start-up."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from prodclf.model.runtime import load_predictor\n"
+        "from prodclf.model.lite import LitePredict, parity_batch\n"
+        f"p = load_predictor({str(lite_bundle[0])!r}, use_gpu=False)\n"
+        "assert isinstance(p.predict, LitePredict)\n"
+        "print(p.predict(parity_batch(p.meta.preprocessing)).shape, 'tensorflow' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert out.stdout.split("\n")[-2] == "(4, 3) False"
