@@ -546,7 +546,11 @@ def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, tuple[str, ..
     loads: list[tuple[str, tuple[str, ...]]] = []
 
     def load(
-        uri: str, use_gpu: bool = True, gpus: tuple[str, ...] | None = None, threads: int = 0
+        uri: str,
+        use_gpu: bool = True,
+        gpus: tuple[str, ...] | None = None,
+        threads: int = 0,
+        engine: str = "auto",
     ) -> Predictor:
         loads.append((uri, gpus or ()))
         version = uri.rsplit("/", 1)[-1]
