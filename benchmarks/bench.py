@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ray_wanted = [v.split("/", 1)[1] for v in wanted if v.startswith("ray/")]
     if ray_wanted and not Path(args.ray_python).exists():
         raise SystemExit(f"no {args.ray_python}: run `make bench-ray-env` or pass --no-ray")
-    if args.storage == "s3" and any(v.startswith("databricks/") for v in wanted):
+    spark_peers = ("databricks/", "predict_batch_udf/")
+    if args.storage == "s3" and any(v.startswith(spark_peers) for v in wanted):
         if not all(p.is_file() for p in S3A_JARS):
             raise SystemExit("binaryFile on s3a needs the s3a jars: run `make s3a-jars`")
         os.environ["PRODCLF_SPARK_JARS"] = ",".join(str(p) for p in S3A_JARS)
@@ -296,7 +297,9 @@ def run_comparison(
                 peers.append(prodclf_peer(spark, base, warm, bundle, partitions, args.gpu))
             elif name.startswith("predict_batch_udf/"):
                 dec = name.split("/", 1)[1]
-                peers.append(predict_batch_peer(spark, base, warm, bundle_dir, partitions, dec))
+                peers.append(
+                    predict_batch_peer(spark, paths, paths[:warm_n], bundle_dir, partitions, dec)
+                )
             elif name.startswith("databricks/"):
                 dec = name.split("/", 1)[1]
                 peers.append(
