@@ -29,8 +29,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-import catalog  # noqa: E402
 import limits  # noqa: E402
+import photos  # noqa: E402
 import report  # noqa: E402
 from memory import RAY_WORKER, SPARK_WORKER, RssSampler  # noqa: E402
 from peers import (  # noqa: E402
@@ -123,7 +123,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
     ap.add_argument("--images", type=int, default=2000, help="catalog size of the comparison")
     ap.add_argument("--reps", type=int, default=3, help="alternating timed repetitions")
-    ap.add_argument("--images-source", choices=catalog.SOURCES, default="grocery-1000")
+    ap.add_argument("--images-source", choices=photos.SOURCES, default="grocery-1000")
     ap.add_argument("--size", type=int, default=1000, help="px of grocery-1000 and synthetic")
     ap.add_argument("--storage", choices=("s3", "file"), default="s3")
     ap.add_argument("--latency-ms", type=float, default=30.0, help="added to every S3 request")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     work = Path(args.workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    files = catalog.local_images(args.images_source, args.images, work / "images", args.size)
+    files = photos.local_images(args.images_source, args.images, work / "images", args.size)
     bundle_dir = make_bundle(work / "bundle")
     bundle = f"file://{bundle_dir}"
     blobs = [p.read_bytes() for p in files]
@@ -192,10 +192,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.storage == "s3":
         store = StoreProcess(args.latency_ms)
-        uris = catalog.upload(files, s3_client(store.direct))
+        uris = photos.upload(files, s3_client(store.direct))
         endpoint_env = aws_env(store.endpoint)
     else:
-        uris = catalog.file_uris(files)
+        uris = photos.file_uris(files)
         endpoint_env = None
     results: dict[str, Any] = {
         "command": command,
@@ -275,7 +275,7 @@ def run_comparison(
         arrow_batch_size=256,
     )
     ship_modules(spark)
-    rows = catalog.catalog_rows(uris, args.images)
+    rows = photos.catalog_rows(uris, args.images)
     schema = "product_id string, image_uri string"
     base = spark.createDataFrame(rows, schema).cache()
     base.count()
@@ -284,7 +284,7 @@ def run_comparison(
     warm.count()
     partitions = plan_partitions(args.images, spark.sparkContext.defaultParallelism, 2000)
     if args.storage == "s3":
-        bucket = catalog.BUCKET
+        bucket = photos.BUCKET
         paths = [u.replace(f"s3://{bucket}/", f"s3a://{bucket}/", 1) for _, u in rows]
     else:
         paths = [u[len("file://") :] for _, u in rows]
@@ -355,7 +355,7 @@ def run_comparison(
         sizes = [int(s) for s in args.scale.split(",") if s.strip()]
         scale = []
         for n in sizes:
-            rows_n = catalog.catalog_rows(uris, n)
+            rows_n = photos.catalog_rows(uris, n)
             df = spark.createDataFrame(rows_n, schema).cache()
             df.count()
             parts = plan_partitions(n, spark.sparkContext.defaultParallelism, 2000)

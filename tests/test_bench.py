@@ -102,10 +102,10 @@ def bench_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_peers_load_the_model_once_per_worker_over_warm_and_timed_runs(
     spark: Any, bench_bundle: Path, tmp_path: Path
 ) -> None:
-    import catalog
     import peers
+    import photos
 
-    files = catalog.local_images("synthetic", 8, tmp_path / "images", size=96)
+    files = photos.local_images("synthetic", 8, tmp_path / "images", size=96)
     paths = [str(p) for p in files]
     peers.ship_modules(spark)
     log = tmp_path / "loads.txt"
@@ -237,7 +237,7 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
 
 
 def test_catalog_cycles_over_the_uploaded_objects() -> None:
-    rows = __import__("catalog").catalog_rows(["a", "b"], 5)
+    rows = __import__("photos").catalog_rows(["a", "b"], 5)
     assert [u for _, u in rows] == ["a", "b", "a", "b", "a"]
     assert len({p for p, _ in rows}) == 5
     assert np.isfinite(limits.limit_rate(1, 1, 1))
