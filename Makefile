@@ -22,7 +22,8 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
-	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow bench-incremental
+	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow bench-incremental \
+	bench-ray-env
 
 setup: $(STAMP)
 
@@ -103,8 +104,23 @@ lint: setup
 	$(BIN)/ruff format --check prodclf jobs tests benchmarks infra
 	$(BIN)/mypy
 
-bench: setup
+# The throughput comparison (benchmarks/bench.py; flags in BENCH_ARGS, see the README's
+# Benchmarks): S3 behind 30 ms, 2000 upscaled Grocery Store photos, 3 alternating repetitions.
+bench: setup s3a-jars bench-ray-env
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
+
+# Ray (the Ray Data peer) in its own venv, pinned by benchmarks/ray-constraints.txt; never .venv.
+RAY_VENV ?= .venv-ray
+RAY_STAMP := $(RAY_VENV)/.prodclf-ray-installed
+
+bench-ray-env: $(RAY_STAMP)
+
+$(RAY_STAMP): benchmarks/ray-constraints.txt
+	@test -x $(RAY_VENV)/bin/python || $(PYTHON) -m venv $(RAY_VENV)
+	$(RAY_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(RAY_VENV)/bin/python -m pip install -q -c benchmarks/ray-constraints.txt \
+	  "ray[data]" tensorflow-cpu pillow boto3 numpy pyyaml pyspark
+	@touch $@
 
 # The incremental selection on 1M synthetic products (no images): bench-workdir/incremental.json.
 bench-incremental: setup

@@ -1,66 +1,65 @@
-"""Throughput benchmark: prodclf's UDF side by side with the two reference patterns.
+"""Throughput benchmark: prodclf against fair peers, images on S3 behind latency, and the limit.
 
-    python benchmarks/bench.py [--images N] [--size PX] [--master local[*]] [--workdir DIR]
+    python benchmarks/bench.py [--images N] [--reps N] [--storage s3|file] [--latency-ms MS]
+                               [--images-source grocery-1000|grocery-orig|synthetic] ...
 
-Variants, all classifying the same JPEG catalog with the same SavedModel (MobileNet v1
-alpha 0.25 at 224x224, the shared pretrained weights when present) and all ending in a
-``noop`` write so only fetch + decode + inference is timed:
-
-* ``prodclf``: the tagging UDF (concurrent fetch, threaded draft decoding, prefetch of
-  the next batch, fixed-size model batches).
-* ``predict_batch_udf``: Spark's documented pattern: a pandas UDF decodes each image
-  sequentially to a flat float array, then ``pyspark.ml.functions.predict_batch_udf``
-  runs the model.
-* ``databricks_reference``: the Databricks "distributed model inference" pattern: images
-  read with Spark's ``binaryFile`` source, an iterator pandas UDF that loads the model once
-  and decodes each image sequentially with PIL before ``model.predict``-style batches.
-
-Each variant is warmed up (model loaded in the Python workers) before it is timed.
+``make bench`` runs the default comparison. Every variant classifies the same catalog with the
+same SavedModel (MobileNet v1 alpha 0.25 at 224x224, the shared pretrained weights) on the same
+cores; each is built once, warmed, then timed with the same object, in alternating repetitions
+(A B C A B C ...). See ``peers.py`` (the variants), ``s3serve.py`` (the store and the latency
+proxy, in a process of their own), ``limits.py`` (D, M, F and LF), ``memory.py`` (worker RSS),
+``gpu.py`` (``--gpu``), ``report.py`` (the table). Results: ``<workdir>/results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
+import shlex
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
 
-SHARED_WEIGHTS = (
-    Path(__file__).resolve().parents[2] / "shared/weights/mobilenet_2_5_224_tf_no_top.h5"
+import limits  # noqa: E402
+import photos  # noqa: E402
+import report  # noqa: E402
+from memory import RAY_WORKER, SPARK_WORKER, RssSampler  # noqa: E402
+from peers import (  # noqa: E402
+    Peer,
+    RayPeerProcess,
+    databricks_peer,
+    predict_batch_peer,
+    prodclf_peer,
+    ray_peers,
+    ship_modules,
 )
 
-
-def make_images(root: Path, n: int, size: int, seed: int = 7) -> pd.DataFrame:
-    """Synthetic product photos: coloured shapes on white, saved as JPEG (quality 90)."""
-    from PIL import Image, ImageDraw
-
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n):
-        path = root / f"{i:06d}.jpg"
-        if not path.exists():
-            img = Image.new("RGB", (size, size), (255, 255, 255))
-            draw = ImageDraw.Draw(img)
-            for _ in range(4):
-                x0, y0 = rng.integers(0, size // 2, 2)
-                x1, y1 = np.array([x0, y0]) + rng.integers(size // 8, size // 2, 2)
-                draw.ellipse((x0, y0, x1, y1), fill=tuple(int(c) for c in rng.integers(0, 255, 3)))
-            img.save(path, format="JPEG", quality=90)
-        rows.append({"product_id": f"p{i:06d}", "image_uri": f"file://{path}"})
-    return pd.DataFrame(rows)
+SHARED_WEIGHTS = ROOT.parent / "shared/weights/mobilenet_2_5_224_tf_no_top.h5"
+VARIANTS = (
+    "prodclf",
+    "predict_batch_udf/documented",
+    "predict_batch_udf/prodclf",
+    "databricks/documented",
+    "databricks/prodclf",
+    "ray/documented",
+    "ray/prodclf",
+)
+S3A_JARS = [
+    ROOT / ".cache/jars" / n for n in ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
+]
 
 
 def make_bundle(dest: Path, classes: int = 10) -> Path:
+    """The bench bundle: MobileNet v1 0.25 (shared ImageNet weights) with a 10-class head."""
     if (dest / "bundle.json").exists():
         return dest
     import keras
@@ -81,169 +80,302 @@ def make_bundle(dest: Path, classes: int = 10) -> Path:
         labels=tuple(Label(f"class-{i}", str(i)) for i in range(classes)),
         preprocessing=PreprocessSpec(224, 224, "rgb", "symmetric"),
     )
-    export_bundle(model, meta, str(dest))
+    export_bundle(model, meta, f"file://{dest}")
     return dest
 
 
-def _full_decode(data: bytes) -> np.ndarray:
-    """The reference patterns' decode: full-size decode, then resize (no draft, no threads)."""
-    from PIL import Image
+def machine_facts() -> dict[str, Any]:
+    import psutil
 
-    img = Image.open(io.BytesIO(data)).convert("RGB").resize((224, 224))
-    return np.asarray(img, dtype=np.float32) / 127.5 - 1.0
-
-
-def variant_prodclf(spark: Any, base: Any, bundle: str, partitions: int) -> Any:
-    from prodclf.config import InferenceConfig, StorageConfig
-    from prodclf.tagging.transforms import RunInfo, tag_products
-    from prodclf.tagging.udf import tag_images_udf
-
-    udf = tag_images_udf(bundle, StorageConfig(), InferenceConfig())
-    now = datetime.now(timezone.utc)
-    run = RunInfo("bench", now.date(), "bench", "1", now)
-    return tag_products(base, udf=udf, run=run, review_threshold=0.5, partitions=partitions)
-
-
-def variant_predict_batch_udf(spark: Any, base: Any, bundle: str, partitions: int) -> Any:
-    from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql import functions as F
-    from pyspark.sql.functions import pandas_udf
-    from pyspark.sql.types import ArrayType, FloatType
-
-    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def decode(uris: pd.Series) -> pd.Series:
-        out = []
-        for uri in uris:
-            with open(uri[len("file://") :], "rb") as fh:
-                out.append(_full_decode(fh.read()).reshape(-1))
-        return pd.Series(out)
-
-    def make_predict_fn() -> Any:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(os.path.join(bundle[len("file://") :], "saved_model"))
-
-        def predict(x: np.ndarray) -> np.ndarray:
-            return np.asarray(loaded.serve(tf.constant(x.reshape(-1, 224, 224, 3))))
-
-        return predict
-
-    classify = predict_batch_udf(
-        make_predict_fn,
-        return_type=ArrayType(FloatType()),
-        batch_size=64,
-        input_tensor_shapes=[[224 * 224 * 3]],
-    )
-    return (
-        base.repartition(partitions)
-        .withColumn("pixels", decode("image_uri"))
-        .withColumn("probs", classify("pixels"))
-        .select("product_id", F.array_max("probs").alias("confidence"))
-    )
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        commit += "-dirty" if dirty else ""
+    except OSError:
+        commit = "unknown"
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": psutil.virtual_memory().total / 2**30,
+        "python": platform.python_version(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit,
+        "loadavg_before": list(os.getloadavg()),
+    }
 
 
-def variant_databricks(spark: Any, base: Any, bundle: str, partitions: int) -> Any:
-    from pyspark.sql.functions import col, pandas_udf
-    from pyspark.sql.types import ArrayType, FloatType
-
-    paths = [u[len("file://") :] for u in base.select("image_uri").toPandas()["image_uri"]]
-    images = spark.read.format("binaryFile").load(paths).repartition(partitions)
-
-    @pandas_udf(ArrayType(FloatType()))  # type: ignore[call-overload]
-    def predict(content_series_iter: Iterator[pd.Series]) -> Iterator[pd.Series]:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(os.path.join(bundle[len("file://") :], "saved_model"))
-        for content_series in content_series_iter:
-            x = np.stack([_full_decode(b) for b in content_series])
-            probs = []
-            for i in range(0, len(x), 64):
-                probs.extend(np.asarray(loaded.serve(tf.constant(x[i : i + 64]))).tolist())
-            yield pd.Series(probs)
-
-    return images.select(col("path"), predict(col("content")).alias("probs"))
-
-
-VARIANTS = {
-    "prodclf": variant_prodclf,
-    "predict_batch_udf": variant_predict_batch_udf,
-    "databricks_reference": variant_databricks,
-}
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
+    ap.add_argument("--images", type=int, default=2000, help="catalog size of the comparison")
+    ap.add_argument("--reps", type=int, default=3, help="alternating timed repetitions")
+    ap.add_argument("--images-source", choices=photos.SOURCES, default="grocery-1000")
+    ap.add_argument("--size", type=int, default=1000, help="px of grocery-1000 and synthetic")
+    ap.add_argument("--storage", choices=("s3", "file"), default="s3")
+    ap.add_argument("--latency-ms", type=float, default=30.0, help="added to every S3 request")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    ap.add_argument("--no-ray", action="store_true", help="leave the Ray peers out")
+    ap.add_argument("--ray-python", default=str(ROOT / ".venv-ray/bin/python"))
+    ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="local[N], limits")
+    ap.add_argument("--scale", default="1000,5000,20000", help="prodclf catalog sizes ('' none)")
+    ap.add_argument("--executors", default="10,50", help="projection: executor counts")
+    ap.add_argument("--executor-cores", type=int, default=4, help="projection: cores each")
+    ap.add_argument("--no-limits", action="store_true", help="skip measuring D, M, F and LF")
+    ap.add_argument("--gpu", action="store_true", help="GPU executors (see gpu.py)")
+    ap.add_argument("--tasks-per-gpu", type=int, default=4)
+    ap.add_argument("--workdir", default="bench-workdir")
+    ap.add_argument("--write-readme", metavar="FILE", help="fill FILE's bench block")
+    args = ap.parse_args(argv)
+    unknown = set(args.variants.split(",")) - set(VARIANTS)
+    if unknown:
+        ap.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    return args
 
 
-def decode_micro(paths: list[str], n: int = 200) -> dict[str, float]:
-    """Single-thread decode rate: full decode+resize vs prodclf's draft decode."""
-    from prodclf.images import PreprocessSpec, decode_image
-
-    blobs = [Path(p[len("file://") :]).read_bytes() for p in paths[:n]]
-    spec = PreprocessSpec(224, 224, "rgb", "symmetric")
-    t0 = time.perf_counter()
-    for b in blobs:
-        _full_decode(b)
-    full = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for b in blobs:
-        decode_image(b, spec, 50_000_000)
-    draft = time.perf_counter() - t0
-    return {"full_decode_per_s": len(blobs) / full, "draft_decode_per_s": len(blobs) / draft}
+def time_peer(peer: Peer, sampler_root: int, marker: str, store: Any) -> dict[str, Any]:
+    cpu0 = store.cpu_seconds() if store else 0.0
+    with RssSampler(sampler_root, marker) as rss:
+        t0 = time.perf_counter()
+        answer = peer.run()
+        seconds = time.perf_counter() - t0
+    if isinstance(answer, dict) and "seconds" in answer:
+        seconds = answer["seconds"]  # the Ray peer times its own execution
+    out = {"seconds": seconds, **rss.result()}
+    if store:
+        out["store_cpu_s"] = store.cpu_seconds() - cpu0
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python benchmarks/bench.py", description=__doc__)
-    ap.add_argument("--images", type=int, default=2000)
-    ap.add_argument("--size", type=int, default=600, help="source JPEG side in pixels")
-    ap.add_argument("--master", default="local[*]")
-    ap.add_argument("--workdir", default="bench-workdir")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    args = ap.parse_args(argv)
+    args = parse_args(argv)
+    wanted = [v for v in args.variants.split(",") if not (args.no_ray and v.startswith("ray/"))]
+    command = "python benchmarks/bench.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    gpu_addresses: list[str] = []
+    if args.gpu:
+        import gpu
 
-    from prodclf.config import SparkConfig
-    from prodclf.session import create_session
+        gpu_addresses = gpu.preflight()
+    ray_wanted = [v.split("/", 1)[1] for v in wanted if v.startswith("ray/")]
+    if ray_wanted and not Path(args.ray_python).exists():
+        raise SystemExit(f"no {args.ray_python}: run `make bench-ray-env` or pass --no-ray")
+    spark_peers = ("databricks/", "predict_batch_udf/")
+    if args.storage == "s3" and any(v.startswith(spark_peers) for v in wanted):
+        if not all(p.is_file() for p in S3A_JARS):
+            raise SystemExit("binaryFile on s3a needs the s3a jars: run `make s3a-jars`")
+        os.environ["PRODCLF_SPARK_JARS"] = ",".join(str(p) for p in S3A_JARS)
 
+    facts = machine_facts()
     work = Path(args.workdir).resolve()
-    frame = make_images(work / f"images-{args.size}", args.images, args.size)
-    bundle = "file://" + str(make_bundle(work / "bundle"))
-    spark = create_session(SparkConfig(master=args.master, app_name="prodclf-bench"))
-    cores = spark.sparkContext.defaultParallelism
-    partitions = max(cores * 2, 1)
-    base = spark.createDataFrame(frame).cache()
-    base.count()
-    warm = spark.createDataFrame(frame.head(max(cores * 64, 64)))
+    work.mkdir(parents=True, exist_ok=True)
+    files = photos.local_images(args.images_source, args.images, work / "images", args.size)
+    bundle_dir = make_bundle(work / "bundle")
+    bundle = f"file://{bundle_dir}"
+    blobs = [p.read_bytes() for p in files]
+    print(f"catalog: {len(files)} photos ({args.images_source}), bundle {bundle_dir}", flush=True)
 
+    store = None
+    from s3serve import StoreProcess, aws_env, s3_client
+
+    if args.storage == "s3":
+        store = StoreProcess(args.latency_ms)
+        uris = photos.upload(files, s3_client(store.direct))
+        endpoint_env = aws_env(store.endpoint)
+    else:
+        uris = photos.file_uris(files)
+        endpoint_env = None
     results: dict[str, Any] = {
+        "command": command,
+        "argv": sys.argv if argv is None else argv,
+        "machine": facts,
         "images": args.images,
-        "source_size": args.size,
-        "master": args.master,
-        "cores": cores,
-        "cpu": platform.processor() or platform.machine(),
-        "decode_single_thread": decode_micro(frame["image_uri"].tolist()),
+        "objects": len(uris),
+        "mean_object_bytes": sum(map(len, blobs)) / len(blobs),
+        "images_source": args.images_source,
+        "storage": args.storage,
+        "latency_ms": args.latency_ms if store else None,
+        "reps": args.reps,
+        "gpu": {"addresses": gpu_addresses, "tasks_per_gpu": args.tasks_per_gpu}
+        if args.gpu
+        else None,
         "variants": {},
     }
-    for name in args.variants.split(","):
-        build = VARIANTS[name]
-        build(spark, warm, bundle, partitions).write.format("noop").mode("overwrite").save()
-        t0 = time.perf_counter()
-        build(spark, base, bundle, partitions).write.format("noop").mode("overwrite").save()
-        seconds = time.perf_counter() - t0
-        results["variants"][name] = {
-            "seconds": round(seconds, 2),
-            "images_per_second": round(args.images / seconds, 1),
-        }
-        print(f"{name:>22}: {args.images / seconds:8.1f} images/s ({seconds:.1f} s)", flush=True)
-    spark.stop()
+    try:
+        if endpoint_env:
+            endpoint_env.__enter__()
+        if not args.no_limits:
+            print("measuring the limit (D, M, F)", flush=True)
+            s3 = (uris, store.endpoint) if store else None
+            saved_model = str(bundle_dir / "saved_model")
+            results["limits"] = limits.measure(
+                blobs, saved_model, args.cores, min(args.images, 2000), s3, gpu=args.gpu
+            )
+            lim = results["limits"]
+            print(
+                f"  D {lim['D']:.1f}/s  M {lim['M']:.1f}/s  F "
+                + (f"{lim['F']:.1f}/s" if lim["F"] else "-")
+                + f"  LF {lim['LF']:.1f}/s",
+                flush=True,
+            )
+        run_comparison(args, wanted, ray_wanted, results, uris, files, bundle, store)
+    finally:
+        if endpoint_env:
+            endpoint_env.__exit__(None, None, None)
+        if store:
+            store.stop()
+    facts["loadavg_after"] = list(os.getloadavg())
 
     out = work / "results.json"
     out.write_text(json.dumps(results, indent=2))
-    print("\n| variant | images/s | seconds |\n|---|---|---|")
-    for name, r in results["variants"].items():
-        print(f"| {name} | {r['images_per_second']} | {r['seconds']} |")
-    d = results["decode_single_thread"]
-    print(
-        f"\nsingle-thread decode of {args.size}px JPEGs to 224x224: full "
-        f"{d['full_decode_per_s']:.0f}/s, draft {d['draft_decode_per_s']:.0f}/s"
-    )
-    print(f"results: {out}")
+    block = report.markdown(results)
+    print("\n" + block + f"\n\nresults: {out}")
+    if args.write_readme:
+        report.write_readme_block(Path(args.write_readme), block)
+        print(f"wrote the table into {args.write_readme}")
     return 0
+
+
+def run_comparison(
+    args: argparse.Namespace,
+    wanted: list[str],
+    ray_wanted: list[str],
+    results: dict[str, Any],
+    uris: list[str],
+    files: list[Path],
+    bundle: str,
+    store: Any,
+) -> None:
+    from prodclf.config import SparkConfig
+    from prodclf.session import create_session
+    from prodclf.tagging.transforms import plan_partitions
+
+    bundle_dir = bundle[len("file://") :]
+    conf: dict[str, str] = {"spark.ui.enabled": "false", "spark.driver.memory": "4g"}
+    master = f"local[{args.cores}]"
+    if args.gpu:
+        import gpu
+
+        master, gpu_conf = gpu.gpu_spark_conf(args.cores, args.tasks_per_gpu)
+        conf.update(gpu_conf)
+    spark = create_session(
+        SparkConfig(master=master, app_name="prodclf-bench", conf=tuple(conf.items())),
+        arrow_batch_size=256,
+    )
+    ship_modules(spark)
+    rows = photos.catalog_rows(uris, args.images)
+    schema = "product_id string, image_uri string"
+    base = spark.createDataFrame(rows, schema).cache()
+    base.count()
+    warm_n = min(args.images, max(args.cores * 64, 64))
+    warm = spark.createDataFrame(rows[:warm_n], schema).cache()
+    warm.count()
+    partitions = plan_partitions(args.images, spark.sparkContext.defaultParallelism, 2000)
+    if args.storage == "s3":
+        bucket = photos.BUCKET
+        paths = [u.replace(f"s3://{bucket}/", f"s3a://{bucket}/", 1) for _, u in rows]
+    else:
+        paths = [u[len("file://") :] for _, u in rows]
+
+    peers: list[Peer] = []
+    ray_proc = None
+    try:
+        for name in wanted:
+            if name == "prodclf":
+                peers.append(prodclf_peer(spark, base, warm, bundle, partitions, args.gpu))
+            elif name.startswith("predict_batch_udf/"):
+                dec = name.split("/", 1)[1]
+                peers.append(
+                    predict_batch_peer(spark, paths, paths[:warm_n], bundle_dir, partitions, dec)
+                )
+            elif name.startswith("databricks/"):
+                dec = name.split("/", 1)[1]
+                peers.append(
+                    databricks_peer(spark, paths, paths[:warm_n], bundle_dir, partitions, dec)
+                )
+        if ray_wanted:
+            uris_file = Path(args.workdir).resolve() / "ray-uris.json"
+            uris_file.write_text(json.dumps([u for _, u in rows]))
+            cfg = {
+                "uris_file": str(uris_file),
+                "bundle_dir": bundle_dir,
+                "cpus": args.cores,
+                "warm_n": warm_n,
+                "gpus": len(results["gpu"]["addresses"]) if results["gpu"] else 0,
+                "gpu_per_actor": 1.0 / args.tasks_per_gpu if results["gpu"] else 0,
+            }
+            log = Path(args.workdir).resolve() / "ray-peer.log"
+            ray_proc = RayPeerProcess(args.ray_python, cfg, dict(os.environ), log)
+            peers += ray_peers(ray_proc, ray_wanted)
+        by_name = {p.name: p for p in peers}
+        order = [n for n in wanted if n in by_name]
+
+        timings: dict[str, list[dict[str, Any]]] = {n: [] for n in order}
+        for name in order:
+            print(f"warming {name}", flush=True)
+            by_name[name].warm()
+        for rep in range(args.reps):
+            for name in order:
+                peer = by_name[name]
+                is_ray = name.startswith("ray/")
+                root = ray_proc.proc.pid if is_ray and ray_proc else os.getpid()
+                t = time_peer(peer, root, RAY_WORKER if is_ray else SPARK_WORKER, store)
+                timings[name].append(t)
+                print(
+                    f"  rep {rep + 1}/{args.reps} {name:>30}: {args.images / t['seconds']:8.1f} "
+                    f"images/s ({t['seconds']:.1f} s, "
+                    f"worker RSS {t['peak_worker_rss_mib']:.0f} MiB)",
+                    flush=True,
+                )
+        for name in order:
+            runs = timings[name]
+            summary = report.summarize([r["seconds"] for r in runs], args.images)
+            summary["peak_worker_rss_mib"] = max(r["peak_worker_rss_mib"] for r in runs)
+            summary["peak_workers_total_rss_mib"] = max(
+                r["peak_workers_total_rss_mib"] for r in runs
+            )
+            summary["runs"] = runs
+            summary["notes"] = by_name[name].notes
+            lf = (results.get("limits") or {}).get("LF")
+            summary["E_over_LF"] = summary["median"] / lf if lf else None
+            results["variants"][name] = summary
+
+        sizes = [int(s) for s in args.scale.split(",") if s.strip()]
+        scale = []
+        for n in sizes:
+            rows_n = photos.catalog_rows(uris, n)
+            df = spark.createDataFrame(rows_n, schema).cache()
+            df.count()
+            parts = plan_partitions(n, spark.sparkContext.defaultParallelism, 2000)
+            peer = prodclf_peer(spark, df, warm, bundle, parts, args.gpu)
+            t = time_peer(peer, os.getpid(), SPARK_WORKER, store)
+            df.unpersist()
+            scale.append({"images": n, "images_per_s": n / t["seconds"], **t})
+            print(f"  scale {n:>8} images: {n / t['seconds']:8.1f} images/s", flush=True)
+        results["scale"] = scale
+        if "prodclf" in results["variants"] or scale:
+            rate = scale[-1]["images_per_s"] if scale else results["variants"]["prodclf"]["median"]
+            executors = [int(x) for x in args.executors.split(",") if x.strip()]
+            results["projection_rate"] = rate
+            results["projection"] = report.projection(
+                rate, args.cores, 10_000_000, executors, args.executor_cores
+            )
+    finally:
+        if ray_proc:
+            ray_proc.close()
+        spark.stop()
 
 
 if __name__ == "__main__":

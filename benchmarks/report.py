@@ -1,0 +1,139 @@
+"""Results of ``benchmarks/bench.py``: summaries, the Markdown table, the README block.
+
+    python benchmarks/report.py [--results bench-workdir/results.json] [--readme README.md]
+
+Prints the table of a results file; with ``--readme`` it also replaces the block between
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` in that file with it (the markers stay).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+
+def summarize(seconds: list[float], images: int) -> dict[str, Any]:
+    """Median and spread of images/s over the repetitions' wall times."""
+    rates = sorted(images / s for s in seconds)
+    return {
+        "seconds": seconds,
+        "images_per_s": rates,
+        "median": statistics.median(rates),
+        "min": rates[0],
+        "max": rates[-1],
+    }
+
+
+def projection(
+    rate: float, cores: int, images: int, executors: list[int], exec_cores: int
+) -> list[dict[str, Any]]:
+    """Hours for ``images`` on N executors of ``exec_cores`` cores, from ``rate`` on ``cores``,
+    assuming throughput scales with cores (what the scale series checks on one machine)."""
+    per_core = rate / cores
+    return [
+        {
+            "executors": n,
+            "executor_cores": exec_cores,
+            "hours": images / (per_core * exec_cores * n) / 3600,
+        }
+        for n in executors
+    ]
+
+
+def _fmt(x: float | None, digits: int = 1) -> str:
+    return "" if x is None else f"{x:,.{digits}f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The README's benchmark block, every number read from ``results``."""
+    m = results["machine"]
+    lim = results.get("limits") or {}
+    lf = lim.get("LF")
+    lines = [
+        f"Measured {m['date']} on {m['cores']} cores ({m['cpu']}, {m['ram_gib']:.0f} GiB RAM), "
+        f"load average {m['loadavg_before'][0]:.2f} before and {m['loadavg_after'][0]:.2f} "
+        f"after, commit `{m['commit']}`:",
+        "",
+        f"    {results['command']}",
+        "",
+        f"{results['images']} images ({results['images_source']}, "
+        + (
+            f"S3 behind {results['latency_ms']:g} ms per request"
+            if results["storage"] == "s3"
+            else "file://"
+        )
+        + f"), {results['reps']} alternating repetitions.",
+        "",
+        "| variant | images/s median | min - max | E/LF | peak worker RSS (MiB) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, v in results["variants"].items():
+        ratio = f"{v['median'] / lf:.2f}" if lf else ""
+        rss = v.get("peak_worker_rss_mib")
+        lines.append(
+            f"| {name} | {_fmt(v['median'])} | {_fmt(v['min'])} - {_fmt(v['max'])} | {ratio} "
+            f"| {_fmt(rss, 0)} |"
+        )
+    if lim:
+        f = lim.get("F")
+        lines += [
+            "",
+            f"Limit on these cores: D {_fmt(lim['D'])}/s (prodclf's decoder in "
+            f"{lim['cores']} processes; documented decoder {_fmt(lim['D_documented_decoder'])}/s), "
+            f"M {_fmt(lim['M'])}/s ({lim['M_device']}; one process "
+            f"{_fmt(lim['M_one_process_default_threads'])}/s, one per core "
+            f"{_fmt(lim['M_one_process_per_core_one_thread'])}/s), "
+            + (f"F {_fmt(f)}/s" if f else "F not measured (file://)")
+            + f": LF {_fmt(lf)}/s.",
+        ]
+    scale = results.get("scale") or []
+    if scale:
+        lines += ["", "| prodclf catalog size | images/s | seconds |", "|---|---|---|"]
+        lines += [
+            f"| {s['images']} | {_fmt(s['images_per_s'])} | {_fmt(s['seconds'])} |" for s in scale
+        ]
+    proj = results.get("projection") or []
+    if proj:
+        lines += [
+            "",
+            f"Projected 10M-image night from prodclf's {_fmt(results['projection_rate'])} images/s "
+            "(linear in cores): "
+            + ", ".join(
+                f"{p['executors']} x {p['executor_cores']}-core executors {p['hours']:.1f} h"
+                for p in proj
+            )
+            + ".",
+        ]
+    return "\n".join(lines)
+
+
+def write_readme_block(readme: Path, block: str) -> None:
+    """Replace what lies between the markers in ``readme`` with ``block``."""
+    text = readme.read_text()
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{readme}: no {START} ... {END} block to fill")
+    head = text[: start + len(START)]
+    readme.write_text(f"{head}\n{block}\n{text[end:]}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__)
+    ap.add_argument("--results", default="bench-workdir/results.json")
+    ap.add_argument("--readme", help="write the table into this file's bench block")
+    args = ap.parse_args(argv)
+    block = markdown(json.loads(Path(args.results).read_text()))
+    print(block)
+    if args.readme:
+        write_readme_block(Path(args.readme), block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The benchmark harness (benchmarks/): what it measures with, never how fast anything is.
+
+No timing is asserted except the latency proxy's lower bound (it must really delay).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import gpu  # noqa: E402
+import limits  # noqa: E402
+import report  # noqa: E402
+from s3serve import LatencyProxy, s3_client  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+# --- the latency proxy -----------------------------------------------------------------------
+
+
+def _min_get_seconds(client: Any, tries: int = 3) -> tuple[float, bytes]:
+    best, body = float("inf"), b""
+    for _ in range(tries):
+        t0 = time.perf_counter()
+        body = client.get_object(Bucket="lat", Key="k")["Body"].read()
+        best = min(best, time.perf_counter() - t0)
+    return best, body
+
+
+def test_latency_proxy_delays_every_request() -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        direct = f"http://{host}:{port}"
+        s3_client(direct).create_bucket(Bucket="lat")
+        s3_client(direct).put_object(Bucket="lat", Key="k", Body=b"x" * 50_000)
+        with LatencyProxy(direct, 0) as plain, LatencyProxy(direct, 200) as slow:
+            _, plain_body = _min_get_seconds(s3_client(plain.endpoint))
+            slow_s, slow_body = _min_get_seconds(s3_client(slow.endpoint))
+        assert plain_body == slow_body == b"x" * 50_000
+        # The fastest of three GETs through the 200 ms proxy still took 200 ms.
+        assert slow_s >= 0.2
+        assert slow.requests >= 3
+    finally:
+        server.stop()
+
+
+# --- the limit -------------------------------------------------------------------------------
+
+
+def test_limit_is_the_harmonic_combination() -> None:
+    # The issue's numbers: D 547, M 685, F 1421 -> LF 251.
+    assert limits.limit_rate(547, 685, 1421) == pytest.approx(250.5, abs=0.1)
+    assert limits.limit_rate(100, 100, None) == pytest.approx(50.0)  # file://: no fetch cost
+    assert limits.limit_rate(1e9, 80, 1e9) == pytest.approx(80.0, rel=1e-6)
+    with pytest.raises(ValueError):
+        limits.limit_rate(0, 1, 1)
+
+
+# --- fair peers: the object warmed is the object timed ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SavedModel bundle taking the bench's 224x224x3 input."""
+    import keras
+
+    from prodclf.images import PreprocessSpec
+    from prodclf.model.bundle import BundleMeta, Label, export_bundle
+
+    inputs = keras.Input(shape=(224, 224, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(inputs)
+    )
+    dest = tmp_path_factory.mktemp("bench-bundle") / "bundle"
+    meta = BundleMeta(
+        model_name="bench-test",
+        model_version="1",
+        labels=(Label("a", "1"), Label("b", "2")),
+        preprocessing=PreprocessSpec(224, 224, "rgb", "symmetric"),
+    )
+    export_bundle(keras.Model(inputs, outputs), meta, f"file://{dest}")
+    return dest
+
+
+def test_peers_load_the_model_once_per_worker_over_warm_and_timed_runs(
+    spark: Any, bench_bundle: Path, tmp_path: Path
+) -> None:
+    import peers
+    import photos
+
+    files = photos.local_images("synthetic", 8, tmp_path / "images", size=96)
+    paths = [str(p) for p in files]
+    peers.ship_modules(spark)
+    log = tmp_path / "loads.txt"
+    built = [
+        peers.predict_batch_peer(
+            spark, paths, paths[:4], str(bench_bundle), 2, "prodclf", str(log)
+        ),
+        peers.databricks_peer(
+            spark, paths, paths[:4], str(bench_bundle), 2, "documented", str(log)
+        ),
+    ]
+    for peer in built:
+        log.write_text("")
+        peer.warm()
+        assert log.read_text(), f"{peer.name}: the warm-up never loaded the model"
+        peer.run()
+        # A worker that has the model never loads it again. (Whether the warm-up reached every
+        # idle worker depends on the workers earlier tests left in this session's pool.)
+        loads = Counter(log.read_text().split())
+        assert set(loads.values()) == {1}, f"{peer.name}: loads per worker pid {dict(loads)}"
+
+
+# --- GPU mode --------------------------------------------------------------------------------
+
+
+def test_gpu_conf_shares_one_gpu_between_tasks() -> None:
+    master, conf = gpu.gpu_spark_conf(8, tasks_per_gpu=4, executor_memory_mb=4096)
+    assert master == "local-cluster[1,8,4096]"
+    assert conf["spark.task.resource.gpu.amount"] == "0.25"
+    assert conf["spark.executor.resource.gpu.amount"] == "1"
+    assert conf["spark.worker.resource.gpu.amount"] == "1"
+    script = conf["spark.executor.resource.gpu.discoveryScript"]
+    assert script == conf["spark.worker.resource.gpu.discoveryScript"]
+    assert os.access(script, os.X_OK)
+    assert gpu.gpu_spark_conf(2, tasks_per_gpu=1)[1]["spark.task.resource.gpu.amount"] == "1"
+    with pytest.raises(ValueError):
+        gpu.task_gpu_amount(0)
+
+
+def _fake_nvidia_smi(folder: Path, body: str) -> dict[str, str]:
+    folder.mkdir(exist_ok=True)
+    tool = folder / "nvidia-smi"
+    tool.write_text(f"#!/bin/sh\n{body}\n")
+    tool.chmod(0o755)
+    return {**os.environ, "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_gpu_discovery_script_reports_gpus_as_spark_expects(tmp_path: Path) -> None:
+    env = _fake_nvidia_smi(tmp_path / "two", "printf '0\\n1\\n'")
+    out = subprocess.run([str(gpu.DISCOVERY_SCRIPT)], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == {"name": "gpu", "addresses": ["0", "1"]}
+
+
+def test_gpu_mode_fails_in_one_line_without_a_gpu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = _fake_nvidia_smi(tmp_path / "none", "echo 'NVIDIA-SMI has failed' >&2; exit 9")
+    out = subprocess.run([str(gpu.DISCOVERY_SCRIPT)], env=env, capture_output=True, text=True)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1
+    monkeypatch.setenv("PATH", env["PATH"])
+    with pytest.raises(SystemExit) as stop:
+        gpu.preflight()
+    message = str(stop.value)
+    assert "\n" not in message
+    assert message.startswith("bench --gpu: no GPU")
+
+
+# --- results ---------------------------------------------------------------------------------
+
+
+def _results() -> dict[str, Any]:
+    return {
+        "command": "python benchmarks/bench.py --images 10",
+        "machine": {
+            "date": "2026-01-01T00:00:00+00:00",
+            "cores": 2,
+            "cpu": "test cpu",
+            "ram_gib": 8.0,
+            "commit": "abc1234",
+            "loadavg_before": [1.0, 1.0, 1.0],
+            "loadavg_after": [2.0, 1.0, 1.0],
+        },
+        "images": 10,
+        "images_source": "synthetic",
+        "storage": "s3",
+        "latency_ms": 30.0,
+        "reps": 3,
+        "variants": {
+            "prodclf": {**report.summarize([1.0, 2.0, 4.0], 10), "peak_worker_rss_mib": 512.0}
+        },
+        "limits": {
+            "cores": 2,
+            "D": 20.0,
+            "D_documented_decoder": 10.0,
+            "M": 20.0,
+            "M_one_process_default_threads": 20.0,
+            "M_one_process_per_core_one_thread": 15.0,
+            "M_device": "cpu",
+            "F": None,
+            "LF": 10.0,
+        },
+    }
+
+
+def test_summary_is_median_and_spread_of_rates() -> None:
+    s = report.summarize([1.0, 2.0, 4.0], 10)
+    assert (s["min"], s["median"], s["max"]) == (2.5, 5.0, 10.0)
+
+
+def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# head\n\n{report.START}\nold table\n{report.END}\n\ntail\n")
+    block = report.markdown(_results())
+    report.write_readme_block(readme, block)
+    text = readme.read_text()
+    assert "old table" not in text
+    assert text.startswith(f"# head\n\n{report.START}\n")
+    assert text.endswith(f"{report.END}\n\ntail\n")
+    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 512 |" in text
+    assert "python benchmarks/bench.py --images 10" in text
+    report.write_readme_block(readme, block)  # idempotent
+    assert readme.read_text() == text
+    readme.write_text("no markers\n")
+    with pytest.raises(SystemExit):
+        report.write_readme_block(readme, block)
+
+
+def test_catalog_cycles_over_the_uploaded_objects() -> None:
+    rows = __import__("photos").catalog_rows(["a", "b"], 5)
+    assert [u for _, u in rows] == ["a", "b", "a", "b", "a"]
+    assert len({p for p, _ in rows}) == 5
+    assert np.isfinite(limits.limit_rate(1, 1, 1))
