@@ -46,6 +46,7 @@ from peers import (  # noqa: E402
 SHARED_WEIGHTS = ROOT.parent / "shared/weights/mobilenet_2_5_224_tf_no_top.h5"
 VARIANTS = (
     "prodclf",
+    "prodclf/tensorflow",
     "predict_batch_udf/documented",
     "predict_batch_udf/prodclf",
     "databricks/documented",
@@ -220,14 +221,26 @@ def main(argv: list[str] | None = None) -> int:
             print("measuring the limit (D, M, F)", flush=True)
             s3 = (uris, store.endpoint) if store else None
             saved_model = str(bundle_dir / "saved_model")
+            lite = bundle_dir / "model.tflite"
             results["limits"] = limits.measure(
-                blobs, saved_model, args.cores, min(args.images, 2000), s3, gpu=args.gpu
+                blobs,
+                saved_model,
+                args.cores,
+                min(args.images, 2000),
+                s3,
+                gpu=args.gpu,
+                lite_model=str(lite) if lite.exists() else None,
             )
             lim = results["limits"]
             print(
                 f"  D {lim['D']:.1f}/s  M {lim['M']:.1f}/s  F "
                 + (f"{lim['F']:.1f}/s" if lim["F"] else "-")
-                + f"  LF {lim['LF']:.1f}/s",
+                + f"  LF {lim['LF']:.1f}/s"
+                + (
+                    f"  (LiteRT: M {lim['M_lite']:.1f}/s, LF {lim['LF_lite']:.1f}/s)"
+                    if "M_lite" in lim
+                    else ""
+                ),
                 flush=True,
             )
         run_comparison(args, wanted, ray_wanted, results, uris, files, bundle, store)
@@ -293,8 +306,9 @@ def run_comparison(
     ray_proc = None
     try:
         for name in wanted:
-            if name == "prodclf":
-                peers.append(prodclf_peer(spark, base, warm, bundle, partitions, args.gpu))
+            if name in ("prodclf", "prodclf/tensorflow"):
+                engine = "auto" if name == "prodclf" else "tensorflow"
+                peers.append(prodclf_peer(spark, base, warm, bundle, partitions, args.gpu, engine))
             elif name.startswith("predict_batch_udf/"):
                 dec = name.split("/", 1)[1]
                 peers.append(
@@ -348,8 +362,10 @@ def run_comparison(
             )
             summary["runs"] = runs
             summary["notes"] = by_name[name].notes
-            lf = (results.get("limits") or {}).get("LF")
+            lim = results.get("limits") or {}
+            lf, lf_lite = lim.get("LF"), lim.get("LF_lite")
             summary["E_over_LF"] = summary["median"] / lf if lf else None
+            summary["E_over_LF_lite"] = summary["median"] / lf_lite if lf_lite else None
             results["variants"][name] = summary
 
         sizes = [int(s) for s in args.scale.split(",") if s.strip()]

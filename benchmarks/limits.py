@@ -7,6 +7,8 @@
   process with TensorFlow's default thread pools, and in one process per core with one
   thread each; M is the better of the two (both reported). With ``gpu`` the single process
   runs on the GPU.
+* M_lite: the same on the bundle's LiteRT model (``model.tflite``, uint8 in, XNNPACK), which
+  prodclf's CPU workers run (``inference.engine: auto``); LF_lite uses it instead of M.
 * F: the client-side CPU cost of fetching an object with boto3 (GETs of the catalog's objects
   through the latency proxy, concurrent), in CPU seconds per object of this process alone;
   the store runs in another process and its CPU is not counted. F = cores / that cost.
@@ -121,6 +123,46 @@ def model_rate(
     return procs * batches * batch / wall
 
 
+def _lite_worker(
+    lite_model: str, threads: int, batch: int, batches: int, start: Any, out: Any
+) -> None:
+    from prodclf.model.lite import LitePredict
+
+    with open(lite_model, "rb") as fh:
+        predict = LitePredict(fh.read(), threads)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (batch, 224, 224, 3), dtype=np.uint8)
+    for _ in range(3):
+        predict(x)
+    start.wait()
+    t0 = time.perf_counter()
+    for _ in range(batches):
+        predict(x)
+    out.put(time.perf_counter() - t0)
+
+
+def lite_rate(lite_model: str, procs: int, threads: int, images: int, batch: int = 64) -> float:
+    """Rows per second of ``procs`` processes each running the LiteRT model on uint8 batches."""
+    ctx = mp.get_context("spawn")
+    batches = max(1, -(-images // (batch * procs)))
+    start = ctx.Barrier(procs + 1)
+    out = ctx.Queue()
+    workers = [
+        ctx.Process(target=_lite_worker, args=(lite_model, threads, batch, batches, start, out))
+        for _ in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    start.wait(timeout=600)
+    t0 = time.perf_counter()
+    for _ in workers:
+        out.get(timeout=1800)
+    wall = time.perf_counter() - t0
+    for w in workers:
+        w.join()
+    return procs * batches * batch / wall
+
+
 # --- F: the client's CPU per fetched object -------------------------------------------------
 
 
@@ -153,6 +195,7 @@ def measure(
     images: int,
     s3: tuple[list[str], str] | None,
     gpu: bool = False,
+    lite_model: str | None = None,
 ) -> dict[str, Any]:
     """D, M, F and LF on ``cores`` cores (``s3``: the catalog's URIs and the proxy endpoint)."""
     d = decode_rate(blobs, "prodclf", cores, images)
@@ -176,4 +219,11 @@ def measure(
         out["fetch"] = cost
         out["F"] = cores / cost["cpu_s_per_object"]
     out["LF"] = limit_rate(d, m, out["F"])
+    if lite_model and not gpu:
+        one = lite_rate(lite_model, 1, cores, images)
+        per_core = lite_rate(lite_model, cores, 1, images)
+        out["M_lite"] = max(one, per_core)
+        out["M_lite_one_process"] = one
+        out["M_lite_one_process_per_core"] = per_core
+        out["LF_lite"] = limit_rate(d, out["M_lite"], out["F"])
     return out

@@ -102,8 +102,15 @@ def _run_model(loaded: Any, pixels: np.ndarray) -> np.ndarray:
 
 
 def prodclf_peer(
-    spark: Any, base: Any, warm: Any, bundle: str, partitions: int, use_gpu: bool = False
+    spark: Any,
+    base: Any,
+    warm: Any,
+    bundle: str,
+    partitions: int,
+    use_gpu: bool = False,
+    engine: str = "auto",
 ) -> Peer:
+    """The tag job's path; ``engine`` auto runs the bundle's LiteRT model on CPUs."""
     from prodclf.config import InferenceConfig, StorageConfig
     from prodclf.model.bundle import read_meta
     from prodclf.tagging.transforms import RunInfo, tag_products
@@ -111,7 +118,7 @@ def prodclf_peer(
 
     meta = read_meta(bundle)
     udf = tag_images_udf(
-        bundle, StorageConfig(), InferenceConfig(use_gpu=use_gpu), meta.fingerprint
+        bundle, StorageConfig(), InferenceConfig(use_gpu=use_gpu, engine=engine), meta.fingerprint
     )
     now = datetime.now(timezone.utc)
     run = RunInfo("bench", now.date(), meta.model_name, meta.model_version, now)
@@ -121,7 +128,9 @@ def prodclf_peer(
 
     timed = job(base)
     warmed = job(warm)
-    return Peer("prodclf", warmer(warmed), lambda: noop(timed), notes={"decoder": "prodclf"})
+    name = "prodclf" if engine == "auto" else f"prodclf/{engine}"
+    notes = {"decoder": "prodclf", "engine": engine}
+    return Peer(name, warmer(warmed), lambda: noop(timed), notes=notes)
 
 
 # --- predict_batch_udf ------------------------------------------------------------------------

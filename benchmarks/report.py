@@ -70,15 +70,17 @@ def markdown(results: dict[str, Any]) -> str:
         )
         + f"), {results['reps']} alternating repetitions.",
         "",
-        "| variant | images/s median | min - max | E/LF | peak worker RSS (MiB) |",
-        "|---|---|---|---|---|",
+        "| variant | images/s median | min - max | E/LF | E/LF_lite | peak worker RSS (MiB) |",
+        "|---|---|---|---|---|---|",
     ]
+    lf_lite = lim.get("LF_lite")
     for name, v in results["variants"].items():
         ratio = f"{v['median'] / lf:.2f}" if lf else ""
+        ratio_lite = f"{v['median'] / lf_lite:.2f}" if lf_lite else ""
         rss = v.get("peak_worker_rss_mib")
         lines.append(
             f"| {name} | {_fmt(v['median'])} | {_fmt(v['min'])} - {_fmt(v['max'])} | {ratio} "
-            f"| {_fmt(rss, 0)} |"
+            f"| {ratio_lite} | {_fmt(rss, 0)} |"
         )
     if lim:
         f = lim.get("F")
@@ -90,7 +92,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"{_fmt(lim['M_one_process_default_threads'])}/s, one per core "
             f"{_fmt(lim['M_one_process_per_core_one_thread'])}/s), "
             + (f"F {_fmt(f)}/s" if f else "F not measured (file://)")
-            + f": LF {_fmt(lf)}/s.",
+            + f": LF {_fmt(lf)}/s."
+            + (
+                f" With the bundle's LiteRT model (what prodclf runs on CPUs): M_lite "
+                f"{_fmt(lim['M_lite'])}/s (one process {_fmt(lim['M_lite_one_process'])}/s, one "
+                f"per core {_fmt(lim['M_lite_one_process_per_core'])}/s), LF_lite "
+                f"{_fmt(lf_lite)}/s."
+                if lf_lite
+                else ""
+            ),
         ]
     scale = results.get("scale") or []
     if scale:

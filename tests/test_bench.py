@@ -209,6 +209,10 @@ def _results() -> dict[str, Any]:
             "M_device": "cpu",
             "F": None,
             "LF": 10.0,
+            "M_lite": 40.0,
+            "M_lite_one_process": 40.0,
+            "M_lite_one_process_per_core": 30.0,
+            "LF_lite": 12.5,
         },
     }
 
@@ -227,7 +231,8 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "old table" not in text
     assert text.startswith(f"# head\n\n{report.START}\n")
     assert text.endswith(f"{report.END}\n\ntail\n")
-    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 512 |" in text
+    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 512 |" in text
+    assert "LF_lite 12.5/s" in text
     assert "python benchmarks/bench.py --images 10" in text
     report.write_readme_block(readme, block)  # idempotent
     assert readme.read_text() == text
