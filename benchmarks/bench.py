@@ -153,9 +153,11 @@ def time_peer(peer: Peer, sampler_root: int, marker: str, store: Any) -> dict[st
         t0 = time.perf_counter()
         answer = peer.run()
         seconds = time.perf_counter() - t0
+    out: dict[str, Any] = {}
     if isinstance(answer, dict) and "seconds" in answer:
-        seconds = answer["seconds"]  # the Ray peer times its own execution
-    out = {"seconds": seconds, **rss.result()}
+        seconds = answer["seconds"]  # the Ray peer times its own execution (steady rate)
+        out["seconds_cold"] = answer.get("seconds_cold")
+    out.update({"seconds": seconds, **rss.result()})
     if store:
         out["store_cpu_s"] = store.cpu_seconds() - cpu0
     return out
