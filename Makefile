@@ -43,7 +43,8 @@ $(STAMP4): pyproject.toml constraints-spark4.txt
 	$(BIN4)/python -m pip install -q -c constraints-spark4.txt -e '.[tf,dev]'
 	@touch $@
 
-# hadoop-aws + AWS SDK bundle for s3a (tests/test_s3a.py), from PyPI, sha256-pinned, cached in
+# hadoop-aws + AWS SDK bundle for s3a (tests/storage/test_s3a.py, tests/tagging/test_library_s3.py),
+# from PyPI, sha256-pinned, cached in
 # the git-ignored .cache/jars; a no-op when the verified jars are there.
 s3a-jars: setup
 	$(BIN)/python infra/fetch_s3a_jars.py

@@ -33,6 +33,11 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch_size),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # The classic FileOutputCommitter, v1 (v2 can publish a failed task's output). On
+        # S3 its job commit is a non-atomic copy + delete; that is safe because every run
+        # writes its own partition and snapshot and is published only afterwards, by its
+        # manifest and one pointer object (infra/README.md, "Output committer").
+        "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "1",
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.compression.codec": "zstd",
         "spark.ui.showConsoleProgress": "false",

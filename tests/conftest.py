@@ -98,7 +98,8 @@ S3A_JARS = tuple(
 
 
 def s3a_jars() -> tuple[Path, ...]:
-    """The s3a jars when both are cached, else (): only tests/test_s3a.py needs them."""
+    """The s3a jars when both are cached, else (): only the s3a tier needs them
+    (storage/test_s3a.py, tagging/test_library_s3.py)."""
     return S3A_JARS if all(p.is_file() for p in S3A_JARS) else ()
 
 

@@ -26,6 +26,10 @@ Faults:
 ``rules`` pins a fault to one path for every request (a permanently failing object).
 ``hold(paths)`` holds the requests for some paths, unanswered, until ``release()``, and
 ``hold_after(n)`` holds every request after the next ``n``: a run can be caught mid-way.
+``hold_matching(predicate, after)`` holds the requests ``predicate(method, path)`` selects
+once ``after`` of them have gone through (a write caught half-way: some objects written,
+the rest not). Held requests still unanswered when the proxy stops are dropped (reset),
+never forwarded: a killed client's pending write never lands after its death.
 ``fail_after(n, kind)`` answers every request (of ``methods``) after the next ``n`` with
 ``kind``: a store that breaks down mid-run.
 """
@@ -41,7 +45,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -125,6 +129,8 @@ class FaultProxy:
         self.held: list[tuple[str, str, float]] = []
         self._held_paths: set[str] = set()
         self._passes_left: int | None = None
+        self._hold_if: Callable[[str, str], bool] | None = None
+        self._hold_if_after = 0
         self._fail_after: tuple[int, str] | None = None
         self._released = threading.Event()
         self._released.set()
@@ -191,6 +197,14 @@ class FaultProxy:
             self._passes_left = n
             self._released.clear()
 
+    def hold_matching(self, predicate: Callable[[str, str], bool], after: int = 0) -> None:
+        """Let ``after`` requests that ``predicate(method, path)`` selects through, then hold
+        every later one it selects until ``release``; other requests pass."""
+        with self._lock:
+            self._hold_if = predicate
+            self._hold_if_after = after
+            self._released.clear()
+
     def fail_after(self, n: int, kind: str) -> None:
         """Forward ``n`` more requests, then answer every later one with ``kind``."""
         if kind not in KINDS:
@@ -202,6 +216,7 @@ class FaultProxy:
         with self._lock:
             self._held_paths = set()
             self._passes_left = None
+            self._hold_if = None
             self._released.set()
 
     # --- what happened ----------------------------------------------------------------
@@ -236,9 +251,15 @@ class FaultProxy:
             return self.kinds[rng.randrange(len(self.kinds))]
         return None
 
-    def _wait_if_held(self, path: str) -> None:
+    def _wait_if_held(self, method: str, path: str) -> None:
         with self._lock:
-            if path not in self._held_paths:
+            if self._hold_if is not None:
+                if not self._hold_if(method, path):
+                    return
+                if self._hold_if_after > 0:
+                    self._hold_if_after -= 1
+                    return
+            elif path not in self._held_paths:
                 if self._passes_left is None:
                     return
                 if self._passes_left > 0:
@@ -257,7 +278,10 @@ class FaultProxy:
         method = h.command.upper()
         path = urlsplit(h.path).path
         body = _read_body(h)
-        self._wait_if_held(path)
+        self._wait_if_held(method, path)
+        if self._stopping.is_set():
+            _reset(h)  # held until the proxy stopped: never forwarded late
+            return
         fault = self._decide(method, path)
         with self._lock:
             self.log.append((method, path, fault or "forwarded"))

@@ -90,9 +90,9 @@ def job_env(s3_endpoint: str | None = None, **extra: str) -> dict[str, str]:
 
 
 def tag_argv(
-    base: Path,
-    out: Path,
-    model: Path,
+    base: Path | str,
+    out: Path | str,
+    model: Path | str,
     run_date: str,
     run_id: str,
     config: Path,

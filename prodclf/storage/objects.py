@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 
 from prodclf.config import StorageConfig
 from prodclf.errors import ErrorCode, RowError
-from prodclf.storage.uris import ObjectRef, parse_uri
+from prodclf.storage.uris import S3_LOCATION_SCHEMES, ObjectRef, parse_uri
 
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
 _DENIED = {
@@ -301,8 +301,14 @@ def _checked(data: bytes, limit: int) -> bytes:
 
 
 def _ref(uri: str) -> ObjectRef:
+    """A whole-object or prefix location: a local path, ``file://``, or any spelling of an
+    S3 location (``s3://``, ``s3a://``, ``s3n://``: the same bucket and key)."""
+    text = uri if "://" in uri else "file://" + os.path.abspath(uri)
+    scheme, rest = text.split("://", 1)
+    if scheme.lower() in S3_LOCATION_SCHEMES:
+        text = "s3://" + rest
     try:
-        return parse_uri(uri if "://" in uri else "file://" + os.path.abspath(uri))
+        return parse_uri(text)
     except RowError as exc:
         raise OSError(exc.message) from None
 

@@ -10,6 +10,13 @@ from urllib.parse import unquote, urlsplit
 from prodclf.errors import ErrorCode, RowError
 
 SUPPORTED_SCHEMES = ("s3", "file")
+#: Spellings of one S3 location: EMR users write ``s3://``, open-source Spark needs
+#: ``s3a://`` (``s3n://`` is the connector s3a replaced). As a dataset or bundle location
+#: they all name the same bucket and key: prodclf reads and writes that location's small
+#: objects (pointer, lock, manifests, layout marker, bundles) with boto3 at ``s3://`` and
+#: hands Spark the scheme of ``storage.spark_s3_scheme`` (``spark_location``). Image
+#: references (``image_uri``) are stricter: only ``s3://`` and ``file://`` (``parse_uri``).
+S3_LOCATION_SCHEMES = ("s3", "s3a", "s3n")
 
 
 @dataclass(frozen=True)
@@ -65,10 +72,15 @@ def check_allowed(
 
 
 def normalize_location(location: str) -> str:
-    """A dataset location as a URI: plain local paths become absolute ``file://`` URIs."""
+    """A dataset location as a URI: plain local paths become absolute ``file://`` URIs,
+    and every spelling of an S3 location (``S3_LOCATION_SCHEMES``) becomes ``s3://``.
+
+    Other schemes are returned as they are (and refused by ``prodclf.storage.objects``
+    when used: prodclf cannot list or lock them).
+    """
     if "://" in location:
         scheme = location.split("://", 1)[0].lower()
-        if scheme in ("s3", "s3a", "s3n"):
+        if scheme in S3_LOCATION_SCHEMES:
             rest = location.split("://", 1)[1].rstrip("/")
             return f"s3://{rest}"
         if scheme == "file":

@@ -230,6 +230,28 @@ def test_s3_exists_with_siblings_that_sort_first(s3: Any, bucket: str) -> None:
     assert objects.exists(f"s3://{bucket}/base-2023")
 
 
+def test_s3a_and_s3n_locations_name_the_same_objects_as_s3(s3: Any, bucket: str) -> None:
+    """A library or bundle given as s3a:// (open-source Spark) or s3n:// is the s3:// one."""
+    objects.write_bytes(f"s3a://{bucket}/lib/_CURRENT.json", b"{}")
+    assert objects.read_bytes(f"s3://{bucket}/lib/_CURRENT.json") == b"{}"
+    assert objects.exists(f"s3n://{bucket}/lib")
+    assert objects.create_exclusive(f"s3a://{bucket}/lib/_lock.json", b"1")
+    assert not objects.create_exclusive(f"s3://{bucket}/lib/_lock.json", b"2")
+    assert objects.list_names(f"S3A://{bucket}/lib/") == ["_CURRENT.json", "_lock.json"]
+    assert [u for _, u in objects.list_files(f"s3a://{bucket}/lib")] == [
+        f"s3://{bucket}/lib/_CURRENT.json",
+        f"s3://{bucket}/lib/_lock.json",
+    ]
+    objects.delete(f"s3n://{bucket}/lib/_lock.json")
+    assert not objects.exists(f"s3://{bucket}/lib/_lock.json")
+
+
+@pytest.mark.parametrize("location", ["hdfs://nn/lib", "gs://bucket/lib", "abfs://c@a/lib"])
+def test_other_dataset_schemes_are_refused_in_one_line(location: str) -> None:
+    with pytest.raises(OSError, match=r"^scheme '\w+' is not supported$"):
+        objects.exists(location)
+
+
 def test_s3_exists_on_missing_bucket_is_an_os_error(s3_endpoint: str) -> None:
     with pytest.raises(OSError, match="NoSuchBucket"):
         objects.exists(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x")

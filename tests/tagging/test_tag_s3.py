@@ -1,7 +1,9 @@
 """The tagging job with images and the model bundle on S3 (the loopback moto server).
 
-The base and commodity libraries stay local Parquet directories: Spark's s3a connector
-jar is not available offline, so Parquet on S3 is not exercised here.
+The base and commodity libraries stay local Parquet directories here, so that this test
+needs no s3a jars and also runs in the Spark 4 tier (the cached hadoop-aws 3.3.1 is for
+Spark 3.5's Hadoop 3.3). The whole job with the libraries on S3 too, through Spark's s3a
+connector (``make s3a-jars``), is ``tagging/test_library_s3.py``.
 """
 
 from __future__ import annotations
