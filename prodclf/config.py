@@ -543,6 +543,7 @@ SPLIT_ALIASES = {
 }
 AUGMENTATIONS = ("none", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
+LR_SCHEDULES = ("plateau", "cosine")
 
 
 @dataclass(frozen=True)
@@ -590,6 +591,9 @@ class TrainConfig(JobConfig):
     backbone_lr_multiplier: float = 0.3
     warmup_epochs: int = 1
     dropout: float = 0.3
+    # Label smoothing of the cross-entropy (0: none): the target puts 1 - s + s/k on the
+    # true class and s/k on each other one, in both phases.
+    label_smoothing: float = 0.0
     fusion: str = "none"
     # none; light (flips and shifts: for centred thumbnails such as Fashion-MNIST); standard
     # (also rotation, zoom, brightness, contrast: for photos).
@@ -599,8 +603,11 @@ class TrainConfig(JobConfig):
     epochs: int = 5
     batch_size: int = 128
     learning_rate: float = 1e-3
-    # The learning rate is multiplied by lr_factor after lr_patience epochs without a
-    # better validation accuracy, never below min_learning_rate.
+    # One-phase training (no pretrained backbone): plateau multiplies the learning rate by
+    # lr_factor after lr_patience epochs without a better validation accuracy, never below
+    # min_learning_rate; cosine warms up over warmup_epochs to learning_rate and decays it
+    # to 0 over `epochs`. (Fine-tuning after the head-only phase always uses the cosine.)
+    lr_schedule: str = "plateau"
     lr_patience: int = 2
     lr_factor: float = 0.5
     min_learning_rate: float = 1e-5
@@ -663,6 +670,8 @@ class TrainConfig(JobConfig):
                 f"--augmentation must be one of {', '.join(AUGMENTATIONS)}, "
                 f"not {self.augmentation!r}"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"--lr-schedule must be plateau or cosine, not {self.lr_schedule!r}")
         if self.class_weights not in CLASS_WEIGHTS:
             raise ConfigError(
                 f"--class-weights must be auto, none or balanced, not {self.class_weights!r}"
@@ -673,6 +682,7 @@ class TrainConfig(JobConfig):
             raise ConfigError("--weights: small_cnn has no pretrained weights; use none")
         _fraction(self, "trainable_fraction", closed=True)
         _fraction(self, "dropout", closed=False)
+        _fraction(self, "label_smoothing", closed=False)
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"train.lr_factor must be within (0, 1), not {self.lr_factor}")
         if not 0.0 < self.target_precision <= 1.0:

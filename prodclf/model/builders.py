@@ -540,6 +540,28 @@ def backbone_variables(model: Any) -> list[Any]:
     return list(backbone.trainable_variables) if backbone is not None else []
 
 
+def crossentropy(num_classes: int, label_smoothing: float = 0.0) -> Any:
+    """The training loss on integer labels: sparse cross-entropy, label-smoothed when asked.
+
+    Keras' sparse cross-entropy has no label smoothing, so a smoothed loss one-hot encodes
+    the labels and uses the categorical one: the target is ``1 - s + s / k`` on the true
+    class and ``s / k`` on each of the other ``k - 1``. Labels stay integers, so class
+    weights and the ``accuracy`` metric see them as before.
+    """
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+    import keras
+
+    def smoothed_crossentropy(y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            target, y_pred, label_smoothing=label_smoothing
+        )
+
+    return smoothed_crossentropy
+
+
 def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> Any:
     """Linear warm-up from ~0 to ``peak`` over ``warmup_steps``, then cosine decay to 0."""
     import keras
