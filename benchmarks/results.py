@@ -244,6 +244,8 @@ def run_variant(v: Variant, library: Path, workdir: Path, spark: Any) -> dict[st
         "parameters": m["parameters"],
         "bundle": str(out),
         "command": command(v, library, out),
+        # The settings measured: the command is rewritten only while the variant still has them.
+        "train": v.train,
     }
 
 
@@ -267,6 +269,7 @@ def command(v: Variant, library: Path, out: Path) -> str:
         "batch_size": "--batch-size",
         "learning_rate": "--learning-rate",
         "dropout": "--dropout",
+        "label_smoothing": "--label-smoothing",
         "fusion": "--fusion",
         "trainable_fraction": "--trainable-fraction",
         "early_stopping_patience": "--early-stopping-patience",
@@ -299,6 +302,7 @@ def command(v: Variant, library: Path, out: Path) -> str:
         elif key in (
             "fine_tune_learning_rate",
             "lr_patience",
+            "lr_schedule",
             "backbone_lr_multiplier",
             "warmup_epochs",
         ):
@@ -431,9 +435,9 @@ def main(argv: list[str] | None = None) -> int:
         previous[v.name] = run_variant(v, library, workdir, spark)
         saved.write_text(json.dumps(list(previous.values()), indent=2))
     ordered = [previous[v.name] for v in VARIANTS if v.name in previous]
-    for v in VARIANTS:  # the command lines follow the current variant definitions
-        if v.name in previous:
-            r = previous[v.name]
+    for v in VARIANTS:  # a row keeps the command it was measured with
+        r = previous.get(v.name)
+        if r is not None and r.get("train") == v.train:
             r["command"] = command(v, workdir / "libraries" / v.dataset, Path(r["bundle"]))
     env = {
         "machine": f"{platform.machine()}, {_cores()} CPU cores, Python {platform.python_version()}"
