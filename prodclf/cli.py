@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
-        help="standard (default; photos), light (flips, shifts) or none",
+        help="standard (default; photos), light (flips, shifts), flip (flips only) or none",
     )
     train.add_argument(
         "--no-noise",

@@ -541,7 +541,7 @@ SPLIT_ALIASES = {
     "test": TEST,
     "testing": TEST,
 }
-AUGMENTATIONS = ("none", "light", "standard")
+AUGMENTATIONS = ("none", "flip", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 LR_SCHEDULES = ("plateau", "cosine")
 
@@ -595,8 +595,8 @@ class TrainConfig(JobConfig):
     # true class and s/k on each other one, in both phases.
     label_smoothing: float = 0.0
     fusion: str = "none"
-    # none; light (flips and shifts: for centred thumbnails such as Fashion-MNIST); standard
-    # (also rotation, zoom, brightness, contrast: for photos).
+    # none; flip (horizontal flips only); light (flips and shifts: for centred thumbnails
+    # such as Fashion-MNIST); standard (also rotation, zoom, brightness, contrast: photos).
     augmentation: str = "standard"
     # Occlusion and background-clutter "noise images" on top of the augmentation.
     noise: bool = True

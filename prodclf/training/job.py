@@ -233,8 +233,10 @@ def augment_options(cfg: TrainConfig) -> Any:
     full = AugmentOptions(seed=cfg.seed)
     if cfg.augmentation == "standard":
         opts = full
-    elif cfg.augmentation == "light":
+    elif cfg.augmentation in ("light", "flip"):
         opts = replace(full, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+        if cfg.augmentation == "flip":
+            opts = replace(opts, shift=0.0)
     else:
         opts = replace(full, flip=False, rotation=0.0, zoom=0.0, shift=0.0)
         opts = replace(opts, brightness=0.0, contrast=0.0)

@@ -493,6 +493,10 @@ def test_augmentation_presets() -> None:
     assert light.flip and light.shift and light.enabled
     assert not (light.rotation or light.zoom or light.brightness or light.contrast)
     assert not (light.occlusion or light.clutter)
+    flip = augment_options(cfg(augmentation="flip", noise=False))
+    assert flip.flip and flip.enabled
+    assert not (flip.shift or flip.rotation or flip.zoom or flip.brightness or flip.contrast)
+    assert not (flip.occlusion or flip.clutter)
     assert not augment_options(cfg(augmentation="none", noise=False)).enabled
     noise_only = augment_options(cfg(augmentation="none"))
     assert noise_only.occlusion and not noise_only.flip
