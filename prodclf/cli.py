@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--label-smoothing",
         type=float,
         metavar="S",
-        help="label smoothing of the cross-entropy, in [0, 1) (default 0: none)",
+        help="label smoothing of the cross-entropy, in [0, 1) "
+        "(default 0.1 with a pretrained backbone, else 0)",
     )
     train.add_argument("--fusion", choices=FUSIONS)
     train.add_argument(

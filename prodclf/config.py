@@ -544,6 +544,8 @@ SPLIT_ALIASES = {
 AUGMENTATIONS = ("none", "flip", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 LR_SCHEDULES = ("plateau", "cosine")
+#: The default label smoothing of pretrained backbones (``TrainConfig.label_smoothing``).
+PRETRAINED_LABEL_SMOOTHING = 0.1
 
 
 @dataclass(frozen=True)
@@ -592,8 +594,9 @@ class TrainConfig(JobConfig):
     warmup_epochs: int = 1
     dropout: float = 0.3
     # Label smoothing of the cross-entropy (0: none): the target puts 1 - s + s/k on the
-    # true class and s/k on each other one, in both phases.
-    label_smoothing: float = 0.0
+    # true class and s/k on each other one, in both phases. None: 0.1 with a pretrained
+    # backbone (the Grocery Store recipe's 84.3% -> 85.2%), else 0.
+    label_smoothing: float | None = None
     fusion: str = "none"
     # none; flip (horizontal flips only); light (flips and shifts: for centred thumbnails
     # such as Fashion-MNIST); standard (also rotation, zoom, brightness, contrast: photos).
@@ -682,7 +685,8 @@ class TrainConfig(JobConfig):
             raise ConfigError("--weights: small_cnn has no pretrained weights; use none")
         _fraction(self, "trainable_fraction", closed=True)
         _fraction(self, "dropout", closed=False)
-        _fraction(self, "label_smoothing", closed=False)
+        if self.label_smoothing is not None:
+            _fraction(self, "label_smoothing", closed=False)
         if not 0.0 < self.lr_factor < 1.0:
             raise ConfigError(f"train.lr_factor must be within (0, 1), not {self.lr_factor}")
         if not 0.0 < self.target_precision <= 1.0:
@@ -711,6 +715,13 @@ class TrainConfig(JobConfig):
         return self.backbone is not None or (
             self.architecture != "small_cnn" and self.weights != "none"
         )
+
+    @property
+    def resolved_label_smoothing(self) -> float:
+        """``label_smoothing``, or its default: 0.1 with a pretrained backbone, else 0."""
+        if self.label_smoothing is not None:
+            return self.label_smoothing
+        return PRETRAINED_LABEL_SMOOTHING if self.pretrained else 0.0
 
     @property
     def resolved_head_epochs(self) -> int:

@@ -378,9 +378,10 @@ def fit(
     scored = TEST if TEST in conv else VALIDATION if has_val else TRAIN
     head_epochs = cfg.resolved_head_epochs
     total = head_epochs + cfg.epochs
-    loss = crossentropy(len(summary.classes), cfg.label_smoothing)
-    if cfg.label_smoothing:
-        log.info("label smoothing %.3g", cfg.label_smoothing)
+    smoothing = cfg.resolved_label_smoothing
+    loss = crossentropy(len(summary.classes), smoothing)
+    if smoothing:
+        log.info("label smoothing %.3g", smoothing)
 
     def record(h: dict[str, list[float]], phase: int) -> None:
         for key, values in h.items():

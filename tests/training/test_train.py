@@ -457,6 +457,18 @@ def test_preflight_checks_the_label_map_against_the_taxonomy(tmp_path: Path) -> 
     train_preflight(cfg)
 
 
+def test_label_smoothing_defaults_to_0_1_with_a_pretrained_backbone_only() -> None:
+    def cfg(**kw: Any) -> TrainConfig:
+        return TrainConfig(base_library="/b", model_out="/m", **kw)
+
+    assert cfg().resolved_label_smoothing == 0.0  # small_cnn from scratch
+    assert cfg(backbone=str(EFFICIENTNET)).resolved_label_smoothing == 0.1
+    assert cfg(architecture="mobilenet", weights="imagenet").resolved_label_smoothing == 0.1
+    assert cfg(architecture="mobilenet").resolved_label_smoothing == 0.0  # weights none
+    assert cfg(backbone=str(EFFICIENTNET), label_smoothing=0.0).resolved_label_smoothing == 0.0
+    assert cfg(label_smoothing=0.2).resolved_label_smoothing == 0.2
+
+
 def test_one_phase_learning_rate_schedules(tmp_path: Path) -> None:
     import keras
 
