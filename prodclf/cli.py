@@ -20,6 +20,7 @@ from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
     CLASS_WEIGHTS,
+    LR_SCHEDULES,
     EvaluateConfig,
     JobConfig,
     MigrateConfig,
@@ -223,11 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
         "3 with fusion), then --epochs of fine-tuning",
     )
     train.add_argument("--dropout", type=float, metavar="P", help="before the classifier (0.3)")
+    train.add_argument(
+        "--label-smoothing",
+        type=float,
+        metavar="S",
+        help="label smoothing of the cross-entropy, in [0, 1) "
+        "(default 0.1 with a pretrained backbone, else 0)",
+    )
     train.add_argument("--fusion", choices=FUSIONS)
     train.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
-        help="standard (default; photos), light (flips, shifts) or none",
+        help="standard (default; photos), light (flips, shifts), flip (flips only) or none",
     )
     train.add_argument(
         "--no-noise",
@@ -261,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="halve the learning rate after N epochs without better validation accuracy",
     )
     train.add_argument("--min-learning-rate", type=float, metavar="LR", help="the floor")
+    train.add_argument(
+        "--lr-schedule",
+        choices=LR_SCHEDULES,
+        help="one-phase training: plateau (default: cut on stalls) or cosine (warm-up, then to 0)",
+    )
     train.add_argument(
         "--class-weights",
         choices=CLASS_WEIGHTS,

@@ -225,6 +225,7 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     flags = ["--epochs", "9", "--fusion", "gray+rgb", "--augmentation", "light", "--no-noise"]
     flags += ["--backbone-lr-multiplier", "0.5", "--no-calibration", "--class-weights", "none"]
     flags += ["--backbone", "/other.keras", "--scale", "raw", "--warmup-epochs", "0"]
+    flags += ["--label-smoothing", "0.2", "--lr-schedule", "cosine"]
     flagged = build_parser().parse_args([*base, *flags])
     over = build_config(flagged)
     assert (over.epochs, over.fusion, over.augmentation, over.noise) == (
@@ -235,6 +236,7 @@ def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
     )
     assert (over.backbone_lr_multiplier, over.calibrate, over.class_weights) == (0.5, False, "none")
     assert (over.backbone, over.scale, over.warmup_epochs) == ("/other.keras", "raw", 0)
+    assert (over.label_smoothing, over.lr_schedule) == (0.2, "cosine")
 
 
 def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(

@@ -196,20 +196,21 @@ def _all_layers(model: Any) -> Any:
 
 
 #: (filters, convolutions) per small_cnn block; inputs up to 32 px use the first two.
-_SMALL_CNN_BLOCKS = ((32, 1), (64, 2), (128, 2))
+_SMALL_CNN_BLOCKS = ((32, 2), (64, 2), (128, 2))
 
 
 def _small_cnn_features(x: Any, opts: ModelOptions) -> Any:
-    """(Conv-BN-ReLU) x n + max-pool blocks, then a 256-unit dense feature vector.
+    """(Conv-BN-ReLU) x 2 + max-pool blocks, then a 256-unit dense feature vector.
 
-    Sized for 28x28 thumbnails on a 2-core CPU: one 32-filter conv at full resolution
-    (a second one there doubles the epoch time for little gain), two 64-filter convs at
-    14x14, flatten 7x7x64, dense 256. 12 epochs (batch 128, Adam 2e-3 with cosine
-    decay, no augmentation) reach 93.6% test accuracy on Fashion-MNIST. Inputs above
-    32 px get a third block (two 128-filter convs) so the feature map stays small.
-    Small maps are flattened (position matters for silhouettes), large ones averaged.
-    BatchNorm momentum 0.9, not 0.99: a small catalog gives only a few hundred steps,
-    too few for 0.99's moving statistics to settle.
+    Sized for 28x28 thumbnails on a 2-core CPU: two 32-filter convs at full resolution,
+    two 64-filter convs at 14x14, flatten 7x7x64, dense 256. The second full-resolution
+    conv costs about half as much time again per epoch (one conv there: 93.4% test on
+    Fashion-MNIST in 15 epochs; docs/results.md has what this one reaches with the
+    ``fashion_mnist_small_cnn`` recipe). Inputs above 32 px get a third block (two
+    128-filter convs) so the feature map stays small. Small maps are flattened (position
+    matters for silhouettes), large ones averaged. BatchNorm momentum 0.9, not 0.99: a
+    small catalog gives only a few hundred steps, too few for 0.99's moving statistics
+    to settle.
     """
     from keras import layers
 
@@ -538,6 +539,28 @@ def backbone_variables(model: Any) -> list[Any]:
     """The backbone's trainable variables (those a lower learning rate applies to)."""
     backbone = _backbone_of(model)
     return list(backbone.trainable_variables) if backbone is not None else []
+
+
+def crossentropy(num_classes: int, label_smoothing: float = 0.0) -> Any:
+    """The training loss on integer labels: sparse cross-entropy, label-smoothed when asked.
+
+    Keras' sparse cross-entropy has no label smoothing, so a smoothed loss one-hot encodes
+    the labels and uses the categorical one: the target is ``1 - s + s / k`` on the true
+    class and ``s / k`` on each of the other ``k - 1``. Labels stay integers, so class
+    weights and the ``accuracy`` metric see them as before.
+    """
+    if not label_smoothing:
+        return "sparse_categorical_crossentropy"
+    import keras
+
+    def smoothed_crossentropy(y_true: Any, y_pred: Any) -> Any:
+        labels = keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32")
+        target = keras.ops.one_hot(labels, num_classes, dtype=y_pred.dtype)
+        return keras.losses.categorical_crossentropy(
+            target, y_pred, label_smoothing=label_smoothing
+        )
+
+    return smoothed_crossentropy
 
 
 def warmup_cosine(peak: float, total_steps: int, warmup_steps: int) -> Any:

@@ -233,14 +233,50 @@ def augment_options(cfg: TrainConfig) -> Any:
     full = AugmentOptions(seed=cfg.seed)
     if cfg.augmentation == "standard":
         opts = full
-    elif cfg.augmentation == "light":
+    elif cfg.augmentation in ("light", "flip"):
         opts = replace(full, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
+        if cfg.augmentation == "flip":
+            opts = replace(opts, shift=0.0)
     else:
         opts = replace(full, flip=False, rotation=0.0, zoom=0.0, shift=0.0)
         opts = replace(opts, brightness=0.0, contrast=0.0)
     if not cfg.noise:
         opts = replace(opts, occlusion=0.0, clutter=0.0)
     return opts
+
+
+def one_phase_schedule(cfg: TrainConfig, steps: int, monitor: str) -> tuple[Any, list[Any]]:
+    """The optimizer and learning-rate callbacks of one-phase training (``lr_schedule``).
+
+    ``plateau``: Adam at ``learning_rate``, multiplied by ``lr_factor`` after
+    ``lr_patience`` epochs without a better ``monitor``. ``cosine``: Adam on a schedule
+    warming up over ``warmup_epochs`` to ``learning_rate``, then decaying to 0 by the end
+    of ``epochs`` (``steps`` batches each); no callback.
+    """
+    import keras
+
+    from prodclf.model.builders import warmup_cosine
+
+    if cfg.lr_schedule == "cosine":
+        schedule = warmup_cosine(
+            cfg.learning_rate, cfg.epochs * steps, min(cfg.warmup_epochs, cfg.epochs) * steps
+        )
+        log.info(
+            "learning rate %.3g, warm-up %d epoch(s), cosine decay to 0 over %d epoch(s)",
+            cfg.learning_rate,
+            cfg.warmup_epochs,
+            cfg.epochs,
+        )
+        return keras.optimizers.Adam(learning_rate=schedule), []
+    plateau = keras.callbacks.ReduceLROnPlateau(
+        monitor=monitor,
+        mode="max",
+        factor=cfg.lr_factor,
+        patience=cfg.lr_patience,
+        min_lr=cfg.min_learning_rate,
+        verbose=0,
+    )
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate), [plateau]
 
 
 @contextmanager
@@ -319,6 +355,7 @@ def fit(
     from prodclf.model.builders import (
         adam_with_multipliers,
         backbone_variables,
+        crossentropy,
         feature_extractor,
         freeze_backbone,
         head_model,
@@ -341,6 +378,10 @@ def fit(
     scored = TEST if TEST in conv else VALIDATION if has_val else TRAIN
     head_epochs = cfg.resolved_head_epochs
     total = head_epochs + cfg.epochs
+    smoothing = cfg.resolved_label_smoothing
+    loss = crossentropy(len(summary.classes), smoothing)
+    if smoothing:
+        log.info("label smoothing %.3g", smoothing)
 
     def record(h: dict[str, list[float]], phase: int) -> None:
         for key, values in h.items():
@@ -383,7 +424,7 @@ def fit(
             head = head_model(model)
             head.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-                loss="sparse_categorical_crossentropy",
+                loss=loss,
                 metrics=["accuracy"],
             )
             keep = keras.callbacks.EarlyStopping(
@@ -414,7 +455,7 @@ def fit(
             )
             model.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=cfg.learning_rate),
-                loss="sparse_categorical_crossentropy",
+                loss=loss,
                 metrics=["accuracy"],
             )
             h = pixels_fit(head_epochs, 0, [epoch_logger(total), ckpt])
@@ -477,20 +518,11 @@ def fit(
             if cfg.pretrained:
                 share = set_trainable_fraction(model, cfg.trainable_fraction)
                 log.info("one phase: fine-tuning %s", share)
-            optimizer = keras.optimizers.Adam(learning_rate=cfg.learning_rate)
-            callbacks.append(
-                keras.callbacks.ReduceLROnPlateau(
-                    monitor=monitor,
-                    mode="max",
-                    factor=cfg.lr_factor,
-                    patience=cfg.lr_patience,
-                    min_lr=cfg.min_learning_rate,
-                    verbose=0,
-                )
-            )
+            optimizer, more = one_phase_schedule(cfg, steps, monitor)
+            callbacks += more
         model.compile(
             optimizer=optimizer,
-            loss="sparse_categorical_crossentropy",
+            loss=loss,
             metrics=["accuracy"],
         )
         done = len(result.history.get("loss", []))

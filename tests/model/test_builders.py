@@ -23,6 +23,7 @@ from prodclf.model.builders import (
     CAFFE_MEAN_BGR,
     LUMA_601,
     build_classifier,
+    crossentropy,
     describe_weights_file,
     freeze_backbone,
     set_trainable_fraction,
@@ -107,6 +108,39 @@ def test_small_cnn_works_on_grayscale_and_rgb_and_has_no_backbone() -> None:
         assert model.predict(pixels(2, (28, 28, channels)), verbose=0).shape == (2, 10)
         assert set_trainable_fraction(model, 0.5)["backbone_params"] == 0
         assert all(layer.trainable for layer in model.layers)
+
+
+def test_label_smoothing_moves_the_target_off_the_true_class() -> None:
+    assert crossentropy(3) == "sparse_categorical_crossentropy"
+    y_true = np.array([0, 2])
+    y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], dtype="float32")
+    s = 0.3
+    target = np.full((2, 3), s / 3)
+    target[[0, 1], y_true] += 1 - s
+    expected = -(target * np.log(y_pred)).sum(axis=1)
+    got = np.asarray(crossentropy(3, s)(y_true, y_pred))
+    assert np.allclose(got, expected, atol=1e-5)
+    # A column of labels ([B, 1], as Keras may pass them) is the same thing.
+    assert np.allclose(np.asarray(crossentropy(3, s)(y_true[:, None], y_pred)), expected, atol=1e-5)
+    # The smoothed loss of a confident right answer is no longer near 0.
+    sure = np.array([[0.999, 0.0005, 0.0005]], dtype="float32")
+    assert float(np.asarray(crossentropy(3, s)(np.array([0]), sure))[0]) > 0.5
+
+
+def test_a_small_cnn_trains_with_label_smoothing_and_class_weights() -> None:
+    model = build_classifier(ModelOptions(), (28, 28, 1), 3)
+    model.compile(optimizer="adam", loss=crossentropy(3, 0.1), metrics=["accuracy"])
+    y = np.array([0, 1, 2, 0, 1, 2])
+    h = model.fit(
+        pixels(6, (28, 28, 1)),
+        y,
+        epochs=2,
+        batch_size=3,
+        class_weight={0: 2.0, 1: 1.0, 2: 1.0},
+        verbose=0,
+    )
+    assert set(h.history) >= {"loss", "accuracy"}
+    assert all(np.isfinite(h.history["loss"]))
 
 
 @pytest.mark.parametrize(

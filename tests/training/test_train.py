@@ -29,7 +29,7 @@ from prodclf.training.data import (
     one_per_product,
     sample,
 )
-from prodclf.training.job import class_weights, plan_model, train_preflight
+from prodclf.training.job import class_weights, one_phase_schedule, plan_model, train_preflight
 
 # Training needs the train extra (petastorm): Spark 3.5 only.
 pytestmark = pytest.mark.train
@@ -429,6 +429,9 @@ def test_preflight_refuses_model_out_inside_the_base_library(tmp_path: Path) -> 
         ({"backbone": "/no/such.keras"}, "--backbone /no/such.keras: no such file"),
         ({"backbone": str(EFFICIENTNET), "scale": "unit"}, "rescales raw 0..255 pixels itself"),
         ({"trainable_fraction": 1.5}, "trainable_fraction must be within"),
+        ({"label_smoothing": 1.0}, "label_smoothing must be within"),
+        ({"lr_schedule": "step"}, "--lr-schedule must be plateau or cosine"),
+        ({"label_smoothing": -0.1}, "label_smoothing must be within"),
         ({"validation_fraction": 0.5, "test_fraction": 0.5}, "leave images to train on"),
         ({"labels": "/no/labels"}, "labels table /no/labels: not found"),
     ],
@@ -454,6 +457,42 @@ def test_preflight_checks_the_label_map_against_the_taxonomy(tmp_path: Path) -> 
     train_preflight(cfg)
 
 
+def test_label_smoothing_defaults_to_0_1_with_a_pretrained_backbone_only() -> None:
+    def cfg(**kw: Any) -> TrainConfig:
+        return TrainConfig(base_library="/b", model_out="/m", **kw)
+
+    assert cfg().resolved_label_smoothing == 0.0  # small_cnn from scratch
+    assert cfg(backbone=str(EFFICIENTNET)).resolved_label_smoothing == 0.1
+    assert cfg(architecture="mobilenet", weights="imagenet").resolved_label_smoothing == 0.1
+    assert cfg(architecture="mobilenet").resolved_label_smoothing == 0.0  # weights none
+    assert cfg(backbone=str(EFFICIENTNET), label_smoothing=0.0).resolved_label_smoothing == 0.0
+    assert cfg(label_smoothing=0.2).resolved_label_smoothing == 0.2
+
+
+def test_one_phase_learning_rate_schedules(tmp_path: Path) -> None:
+    import keras
+
+    base = {"learning_rate": 2e-3, "epochs": 10, "warmup_epochs": 1}
+    cfg = train_config(tmp_path / "lib", tmp_path / "m", lr_patience=3, **base)
+    optimizer, callbacks = one_phase_schedule(cfg, 100, "val_accuracy")
+    assert float(optimizer.learning_rate) == pytest.approx(2e-3)
+    [plateau] = callbacks
+    assert isinstance(plateau, keras.callbacks.ReduceLROnPlateau)
+    assert (plateau.patience, plateau.factor, plateau.monitor) == (3, 0.5, "val_accuracy")
+
+    cfg = train_config(tmp_path / "lib", tmp_path / "m", lr_schedule="cosine", **base)
+    optimizer, callbacks = one_phase_schedule(cfg, 100, "val_accuracy")
+    assert callbacks == []
+    rates = []
+    for step in (0, 100, 550, 1000):
+        optimizer.iterations.assign(step)
+        rates.append(float(optimizer.learning_rate))
+    assert rates[0] < 1e-5  # warming up over the first epoch
+    assert rates[1] == pytest.approx(2e-3)
+    assert rates[2] == pytest.approx(1e-3, rel=1e-3)  # half-way through the cosine
+    assert rates[3] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_augmentation_presets() -> None:
     from prodclf.training.job import augment_options
 
@@ -466,6 +505,10 @@ def test_augmentation_presets() -> None:
     assert light.flip and light.shift and light.enabled
     assert not (light.rotation or light.zoom or light.brightness or light.contrast)
     assert not (light.occlusion or light.clutter)
+    flip = augment_options(cfg(augmentation="flip", noise=False))
+    assert flip.flip and flip.enabled
+    assert not (flip.shift or flip.rotation or flip.zoom or flip.brightness or flip.contrast)
+    assert not (flip.occlusion or flip.clutter)
     assert not augment_options(cfg(augmentation="none", noise=False)).enabled
     noise_only = augment_options(cfg(augmentation="none"))
     assert noise_only.occlusion and not noise_only.flip
