@@ -46,6 +46,17 @@ def projection(
     ]
 
 
+def store_share(variant: dict[str, Any], cores: int) -> float | None:
+    """Median share of the cores the S3 store (moto and the latency proxy, one process)
+    used while the variant ran: on one machine it competes with the client for them."""
+    shares = [
+        r["store_cpu_s"] / (cores * r["seconds"])
+        for r in variant.get("runs") or []
+        if r.get("store_cpu_s") is not None and r.get("seconds")
+    ]
+    return statistics.median(shares) if shares else None
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "" if x is None else f"{x:,.{digits}f}"
 
@@ -70,17 +81,23 @@ def markdown(results: dict[str, Any]) -> str:
         )
         + f"), {results['reps']} alternating repetitions.",
         "",
-        "| variant | images/s median | min - max | E/LF | E/LF_lite | peak worker RSS (MiB) |",
-        "|---|---|---|---|---|---|",
+        "| variant | images/s median | min - max | E/LF | E/LF_lite | store's share of the cores "
+        "| E/LF_lite, store excluded | peak worker RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     lf_lite = lim.get("LF_lite")
     for name, v in results["variants"].items():
         ratio = f"{v['median'] / lf:.2f}" if lf else ""
         ratio_lite = f"{v['median'] / lf_lite:.2f}" if lf_lite else ""
+        share = store_share(v, m["cores"])
+        excluded = (
+            f"{v['median'] / (lf_lite * (1 - share)):.2f}" if lf_lite and share is not None else ""
+        )
         rss = v.get("peak_worker_rss_mib")
         lines.append(
             f"| {name} | {_fmt(v['median'])} | {_fmt(v['min'])} - {_fmt(v['max'])} | {ratio} "
-            f"| {ratio_lite} | {_fmt(rss, 0)} |"
+            f"| {ratio_lite} | {'' if share is None else f'{share:.0%}'} | {excluded} "
+            f"| {_fmt(rss, 0)} |"
         )
     if lim:
         f = lim.get("F")

@@ -217,6 +217,12 @@ def _results() -> dict[str, Any]:
     }
 
 
+def test_the_store_share_is_the_median_of_its_runs() -> None:
+    runs = [{"seconds": 10.0, "store_cpu_s": 5.0}, {"seconds": 4.0, "store_cpu_s": 4.0}, {}]
+    assert report.store_share({"runs": runs}, cores=2) == pytest.approx(0.375)
+    assert report.store_share({"runs": [{"seconds": 1.0}]}, cores=2) is None
+
+
 def test_summary_is_median_and_spread_of_rates() -> None:
     s = report.summarize([1.0, 2.0, 4.0], 10)
     assert (s["min"], s["median"], s["max"]) == (2.5, 5.0, 10.0)
@@ -231,7 +237,7 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "old table" not in text
     assert text.startswith(f"# head\n\n{report.START}\n")
     assert text.endswith(f"{report.END}\n\ntail\n")
-    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 512 |" in text
+    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 |  |  | 512 |" in text
     assert "LF_lite 12.5/s" in text
     assert "python benchmarks/bench.py --images 10" in text
     report.write_readme_block(readme, block)  # idempotent
