@@ -21,6 +21,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
@@ -72,7 +73,7 @@ def decode_rate(blobs: list[bytes], name: str, procs: int, images: int) -> float
 
 
 def _model_worker(
-    saved_model: str, threads: int, batch: int, batches: int, gpu: bool, start: Any, out: Any
+    saved_model: str, threads: int, gpu: bool, batch: int, batches: int, start: Any, out: Any
 ) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if not gpu:
@@ -96,20 +97,18 @@ def _model_worker(
     out.put(time.perf_counter() - t0)
 
 
-def model_rate(
-    saved_model: str, procs: int, threads: int, images: int, batch: int = 64, gpu: bool = False
+def _rows_per_second(
+    target: Callable[..., None], args: tuple[Any, ...], procs: int, images: int, batch: int
 ) -> float:
-    """Rows per second of ``procs`` processes each running the SavedModel on uint8->float
-    batches of ``batch`` (``threads`` 0: TensorFlow's default thread pools)."""
+    """Rows per second of ``procs`` spawned processes each running ``target(*args, batch,
+    batches, start, out)``: timed from a common start (models loaded and warmed) until all
+    have put their time on ``out``."""
     ctx = mp.get_context("spawn")
     batches = max(1, -(-images // (batch * procs)))
     start = ctx.Barrier(procs + 1)
     out = ctx.Queue()
     workers = [
-        ctx.Process(
-            target=_model_worker, args=(saved_model, threads, batch, batches, gpu, start, out)
-        )
-        for _ in range(procs)
+        ctx.Process(target=target, args=(*args, batch, batches, start, out)) for _ in range(procs)
     ]
     for w in workers:
         w.start()
@@ -121,6 +120,14 @@ def model_rate(
     for w in workers:
         w.join()
     return procs * batches * batch / wall
+
+
+def model_rate(
+    saved_model: str, procs: int, threads: int, images: int, batch: int = 64, gpu: bool = False
+) -> float:
+    """Rows per second of ``procs`` processes each running the SavedModel on uint8->float
+    batches of ``batch`` (``threads`` 0: TensorFlow's default thread pools)."""
+    return _rows_per_second(_model_worker, (saved_model, threads, gpu), procs, images, batch)
 
 
 def _lite_worker(
@@ -143,24 +150,7 @@ def _lite_worker(
 
 def lite_rate(lite_model: str, procs: int, threads: int, images: int, batch: int = 64) -> float:
     """Rows per second of ``procs`` processes each running the LiteRT model on uint8 batches."""
-    ctx = mp.get_context("spawn")
-    batches = max(1, -(-images // (batch * procs)))
-    start = ctx.Barrier(procs + 1)
-    out = ctx.Queue()
-    workers = [
-        ctx.Process(target=_lite_worker, args=(lite_model, threads, batch, batches, start, out))
-        for _ in range(procs)
-    ]
-    for w in workers:
-        w.start()
-    start.wait(timeout=600)
-    t0 = time.perf_counter()
-    for _ in workers:
-        out.get(timeout=1800)
-    wall = time.perf_counter() - t0
-    for w in workers:
-        w.join()
-    return procs * batches * batch / wall
+    return _rows_per_second(_lite_worker, (lite_model, threads), procs, images, batch)
 
 
 # --- F: the client's CPU per fetched object -------------------------------------------------
