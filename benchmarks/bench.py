@@ -128,6 +128,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--size", type=int, default=1000, help="px of grocery-1000 and synthetic")
     ap.add_argument("--storage", choices=("s3", "file"), default="s3")
     ap.add_argument("--latency-ms", type=float, default=30.0, help="added to every S3 request")
+    ap.add_argument(
+        "--store-cache-mib",
+        type=int,
+        default=2048,
+        help="the proxy answers repeated GETs from memory (0: moto answers each; s3serve.py)",
+    )
     ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
     ap.add_argument("--no-ray", action="store_true", help="leave the Ray peers out")
     ap.add_argument("--ray-python", default=str(ROOT / ".venv-ray/bin/python"))
@@ -191,11 +197,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"catalog: {len(files)} photos ({args.images_source}), bundle {bundle_dir}", flush=True)
 
     store = None
-    from s3serve import StoreProcess, aws_env, s3_client
+    from s3serve import StoreProcess, aws_env, prime, s3_client
 
     if args.storage == "s3":
-        store = StoreProcess(args.latency_ms)
+        store = StoreProcess(args.latency_ms, args.store_cache_mib)
         uris = photos.upload(files, s3_client(store.direct))
+        if args.store_cache_mib:
+            prime(uris, store.endpoint)
         endpoint_env = aws_env(store.endpoint)
     else:
         uris = photos.file_uris(files)
@@ -210,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "images_source": args.images_source,
         "storage": args.storage,
         "latency_ms": args.latency_ms if store else None,
+        "store_cache_mib": args.store_cache_mib if store else None,
         "reps": args.reps,
         "gpu": {"addresses": gpu_addresses, "tasks_per_gpu": args.tasks_per_gpu}
         if args.gpu

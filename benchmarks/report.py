@@ -76,6 +76,11 @@ def markdown(results: dict[str, Any]) -> str:
         f"{results['images']} images ({results['images_source']}, "
         + (
             f"S3 behind {results['latency_ms']:g} ms per request"
+            + (
+                ", repeated GETs answered from the proxy's cache"
+                if results.get("store_cache_mib")
+                else ", moto answering every GET"
+            )
             if results["storage"] == "s3"
             else "file://"
         )

@@ -61,6 +61,46 @@ def test_latency_proxy_delays_every_request() -> None:
         server.stop()
 
 
+def test_latency_proxy_cache_answers_repeated_reads_and_never_serves_stale() -> None:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        direct = s3_client(f"http://{host}:{port}")
+        direct.create_bucket(Bucket="cached")
+        first = bytes(range(256)) * 200
+        direct.put_object(Bucket="cached", Key="k", Body=first)
+        with LatencyProxy(f"http://{host}:{port}", 0, cache_bytes=1 << 20) as proxy:
+            client = s3_client(proxy.endpoint)
+            reads = [client.get_object(Bucket="cached", Key="k")["Body"].read() for _ in range(3)]
+            assert reads == [first] * 3
+            assert (proxy.upstream_requests, proxy.cache_hits) == (1, 2)
+
+            part = client.get_object(Bucket="cached", Key="k", Range="bytes=1000-1099")
+            assert part["Body"].read() == first[1000:1100]
+            assert part["ContentRange"] == f"bytes 1000-1099/{len(first)}"
+            tail = client.get_object(Bucket="cached", Key="k", Range="bytes=-10")["Body"].read()
+            assert tail == first[-10:]
+            assert client.head_object(Bucket="cached", Key="k")["ContentLength"] == len(first)
+            assert (proxy.upstream_requests, proxy.cache_hits) == (1, 5)
+
+            # A write through the proxy clears the cache: the next read is the new object.
+            client.put_object(Bucket="cached", Key="k", Body=b"second")
+            assert client.get_object(Bucket="cached", Key="k")["Body"].read() == b"second"
+            listed = client.list_objects_v2(Bucket="cached")["Contents"]
+            assert [o["Key"] for o in listed] == ["k"]
+            assert proxy.upstream_requests == 4  # the put, the read after it, the listing
+        with LatencyProxy(f"http://{host}:{port}", 0) as plain:  # no cache: moto answers all
+            client = s3_client(plain.endpoint)
+            for _ in range(2):
+                assert client.get_object(Bucket="cached", Key="k")["Body"].read() == b"second"
+            assert (plain.upstream_requests, plain.cache_hits) == (2, 0)
+    finally:
+        server.stop()
+
+
 # --- the limit -------------------------------------------------------------------------------
 
 
