@@ -158,9 +158,16 @@ class LatencyProxy:
                     await asyncio.sleep(self.latency_s)
                 answer = self._from_cache(method, target, headers)
                 if answer is None:
-                    answer = await self._loop.run_in_executor(
-                        self._pool, self._forward, method, target, headers, body
-                    )
+                    try:
+                        answer = await self._loop.run_in_executor(
+                            self._pool, self._forward, method, target, headers, body
+                        )
+                    except (OSError, http.client.HTTPException) as exc:  # moto unreachable
+                        why = f"{type(exc).__name__}: {exc}".encode()
+                        answer = b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: %d\r\n\r\n%s" % (
+                            len(why),
+                            why,
+                        )
                 writer.write(answer)
                 await writer.drain()
                 if headers.get("connection", "").lower() == "close":
