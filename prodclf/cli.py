@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
-        help="standard (default; photos), light (flips, shifts), flip (flips only) or none",
+        help="standard (default; photos), light (flips, interpolated shifts), flip+shift "
+        "(flips, whole-pixel pad-and-crop shifts: small thumbnails), flip (flips only) or none",
     )
     train.add_argument(
         "--no-noise",

@@ -558,7 +558,7 @@ SPLIT_ALIASES = {
     "test": TEST,
     "testing": TEST,
 }
-AUGMENTATIONS = ("none", "flip", "light", "standard")
+AUGMENTATIONS = ("none", "flip", "flip+shift", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
 LR_SCHEDULES = ("plateau", "cosine")
 #: The default label smoothing of pretrained backbones (``TrainConfig.label_smoothing``).
@@ -615,8 +615,10 @@ class TrainConfig(JobConfig):
     # backbone (the Grocery Store recipe's 84.3% -> 85.2%), else 0.
     label_smoothing: float | None = None
     fusion: str = "none"
-    # none; flip (horizontal flips only); light (flips and shifts: for centred thumbnails
-    # such as Fashion-MNIST); standard (also rotation, zoom, brightness, contrast: photos).
+    # none; flip (horizontal flips only); flip+shift (flips and pad-and-random-crop: whole-
+    # pixel shifts of up to 8% of the side, zero fill; for small centred thumbnails such as
+    # Fashion-MNIST); light (flips and interpolated 10% shifts, reflected borders); standard
+    # (also rotation, zoom, brightness, contrast: photos).
     augmentation: str = "standard"
     # Occlusion and background-clutter "noise images" on top of the augmentation.
     noise: bool = True

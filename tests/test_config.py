@@ -247,7 +247,10 @@ def test_train_config_validate_refusals() -> None:
         ({"backbone_lr_multiplier": 0.0}, "train.backbone_lr_multiplier must be positive"),
         ({"dropout": 1.0}, "train.dropout must be within [0, 1)"),
         ({"class_weights": "skewed"}, "--class-weights must be auto, none or balanced"),
-        ({"augmentation": "heavy"}, "--augmentation must be one of none, flip, light, standard"),
+        (
+            {"augmentation": "heavy"},
+            "--augmentation must be one of none, flip, flip+shift, light, standard",
+        ),
         ({"lr_factor": 1.0}, "train.lr_factor must be within (0, 1)"),
         ({"early_stopping_patience": -1}, "train.early_stopping_patience must not be negative"),
     ]

@@ -509,6 +509,11 @@ def test_augmentation_presets() -> None:
     assert flip.flip and flip.enabled
     assert not (flip.shift or flip.rotation or flip.zoom or flip.brightness or flip.contrast)
     assert not (flip.occlusion or flip.clutter)
+    shift = augment_options(cfg(augmentation="flip+shift", noise=False))
+    assert shift.flip and shift.pad_crop_pixels(28, 28) == 2
+    assert not (shift.shift or shift.rotation or shift.zoom or shift.brightness)
+    assert not (shift.contrast or shift.occlusion or shift.clutter)
+    assert not flip.pad_crop and not light.pad_crop and not standard.pad_crop
     assert not augment_options(cfg(augmentation="none", noise=False)).enabled
     noise_only = augment_options(cfg(augmentation="none"))
     assert noise_only.occlusion and not noise_only.flip
