@@ -19,6 +19,7 @@ from typing import Any
 from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
+    BACKBONE_INITS,
     CLASS_WEIGHTS,
     LR_SCHEDULES,
     EvaluateConfig,
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a Keras model file (.keras, standard layers only) as the pretrained backbone "
         "instead of --architecture; input size from the file",
+    )
+    train.add_argument(
+        "--backbone-init",
+        choices=BACKBONE_INITS,
+        help="file (default): start from the --backbone file's weights; random: its "
+        "architecture with freshly initialised weights, trained from scratch in one phase",
     )
     train.add_argument(
         "--scale",

@@ -560,6 +560,7 @@ SPLIT_ALIASES = {
 }
 AUGMENTATIONS = ("none", "flip", "flip+shift", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
+BACKBONE_INITS = ("file", "random")
 LR_SCHEDULES = ("plateau", "cosine")
 #: The default label smoothing of pretrained backbones (``TrainConfig.label_smoothing``).
 PRETRAINED_LABEL_SMOOTHING = 0.1
@@ -593,6 +594,10 @@ class TrainConfig(JobConfig):
     # A Keras model file (.keras, standard layers only) used as the pretrained backbone
     # instead of a built-in architecture (which is then "custom"); input size from the file.
     backbone: str | None = None
+    # file: start from the backbone file's weights (pretrained); random: the file's
+    # architecture with freshly initialised weights, trained from scratch in one phase,
+    # every layer trainable (BatchNorm included) -- the "scratch" arm of an ablation.
+    backbone_init: str = "file"
     alpha: float = 1.0
     image_height: int | None = None
     image_width: int | None = None
@@ -677,7 +682,11 @@ class TrainConfig(JobConfig):
                 )
             if self.weights != "none":
                 raise ConfigError("--backbone: the file carries its weights; leave --weights out")
-        elif self.architecture not in ARCHITECTURES:
+        if self.backbone_init not in BACKBONE_INITS:
+            raise ConfigError(f"--backbone-init must be file or random, not {self.backbone_init!r}")
+        if self.backbone_init != "file" and self.backbone is None:
+            raise ConfigError("--backbone-init random needs --backbone FILE")
+        if self.backbone is None and self.architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
@@ -731,9 +740,9 @@ class TrainConfig(JobConfig):
     @property
     def pretrained(self) -> bool:
         """A pretrained backbone: a backbone file, or weights for a built-in architecture."""
-        return self.backbone is not None or (
-            self.architecture != "small_cnn" and self.weights != "none"
-        )
+        if self.backbone is not None:
+            return self.backbone_init == "file"
+        return self.architecture != "small_cnn" and self.weights != "none"
 
     @property
     def resolved_label_smoothing(self) -> float:

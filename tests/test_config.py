@@ -243,6 +243,8 @@ def test_train_config_validate_refusals() -> None:
         ({"epochs": -1}, "train.epochs must not be negative"),
         ({"backbone": "/b.keras", "weights": "/w.h5"}, "the file carries its weights"),
         ({"backbone": "/b.keras", "architecture": "resnet50"}, "--backbone replaces"),
+        ({"backbone": "/b.keras", "backbone_init": "none"}, "--backbone-init must be file or"),
+        ({"backbone_init": "random"}, "--backbone-init random needs --backbone FILE"),
         ({"architecture": "custom"}, "--architecture 'custom' is not one of"),
         ({"backbone_lr_multiplier": 0.0}, "train.backbone_lr_multiplier must be positive"),
         ({"dropout": 1.0}, "train.dropout must be within [0, 1)"),

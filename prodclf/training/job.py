@@ -124,6 +124,7 @@ def _plan_custom(cfg: TrainConfig) -> Plan:
     opts = ModelOptions(
         architecture=CUSTOM,
         backbone=str(info.path),
+        backbone_init=cfg.backbone_init,
         trainable_fraction=cfg.trainable_fraction,
         dropout=cfg.dropout,
         fusion=cfg.fusion,

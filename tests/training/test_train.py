@@ -493,6 +493,16 @@ def test_one_phase_learning_rate_schedules(tmp_path: Path) -> None:
     assert rates[3] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_backbone_init_random_trains_from_scratch_in_one_phase() -> None:
+    scratch = TrainConfig(
+        base_library="/b", model_out="/m", backbone="/b.keras", backbone_init="random"
+    )
+    assert not scratch.pretrained
+    assert scratch.resolved_head_epochs == 0 and scratch.resolved_label_smoothing == 0.0
+    file = TrainConfig(base_library="/b", model_out="/m", backbone="/b.keras")
+    assert file.pretrained and file.resolved_head_epochs == 30
+
+
 def test_augmentation_presets() -> None:
     from prodclf.training.job import augment_options
 
