@@ -520,6 +520,8 @@ def markdown(
         lines += [""]
         for r in section["rows"]:
             lines += [f"- `{r['variant']}`:", "", "  ```", f"  {r['command']}", "  ```", ""]
+            if r.get("curves"):
+                lines += [f"  ![learning curves of {r['variant']}]({r['curves']})", ""]
     return "\n".join(lines) + "\n"
 
 
