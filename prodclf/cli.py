@@ -19,6 +19,7 @@ from typing import Any
 from prodclf import __version__
 from prodclf.config import (
     AUGMENTATIONS,
+    BACKBONE_INITS,
     CLASS_WEIGHTS,
     LR_SCHEDULES,
     EvaluateConfig,
@@ -200,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
         "instead of --architecture; input size from the file",
     )
     train.add_argument(
+        "--backbone-init",
+        choices=BACKBONE_INITS,
+        help="file (default): start from the --backbone file's weights; random: its "
+        "architecture with freshly initialised weights, trained from scratch in one phase",
+    )
+    train.add_argument(
         "--scale",
         choices=("unit", "symmetric", "raw"),
         help="pixel scaling the backbone expects: [0,1], [-1,1] or 0..255 (default: the "
@@ -235,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--augmentation",
         choices=AUGMENTATIONS,
-        help="standard (default; photos), light (flips, shifts), flip (flips only) or none",
+        help="standard (default; photos), light (flips, interpolated shifts), flip+shift "
+        "(flips, whole-pixel pad-and-crop shifts: small thumbnails), flip (flips only) or none",
     )
     train.add_argument(
         "--no-noise",

@@ -558,8 +558,9 @@ SPLIT_ALIASES = {
     "test": TEST,
     "testing": TEST,
 }
-AUGMENTATIONS = ("none", "flip", "light", "standard")
+AUGMENTATIONS = ("none", "flip", "flip+shift", "light", "standard")
 CLASS_WEIGHTS = ("auto", "none", "balanced")
+BACKBONE_INITS = ("file", "random")
 LR_SCHEDULES = ("plateau", "cosine")
 #: The default label smoothing of pretrained backbones (``TrainConfig.label_smoothing``).
 PRETRAINED_LABEL_SMOOTHING = 0.1
@@ -593,6 +594,10 @@ class TrainConfig(JobConfig):
     # A Keras model file (.keras, standard layers only) used as the pretrained backbone
     # instead of a built-in architecture (which is then "custom"); input size from the file.
     backbone: str | None = None
+    # file: start from the backbone file's weights (pretrained); random: the file's
+    # architecture with freshly initialised weights, trained from scratch in one phase,
+    # every layer trainable (BatchNorm included) -- the "scratch" arm of an ablation.
+    backbone_init: str = "file"
     alpha: float = 1.0
     image_height: int | None = None
     image_width: int | None = None
@@ -615,8 +620,10 @@ class TrainConfig(JobConfig):
     # backbone (the Grocery Store recipe's 84.3% -> 85.2%), else 0.
     label_smoothing: float | None = None
     fusion: str = "none"
-    # none; flip (horizontal flips only); light (flips and shifts: for centred thumbnails
-    # such as Fashion-MNIST); standard (also rotation, zoom, brightness, contrast: photos).
+    # none; flip (horizontal flips only); flip+shift (flips and pad-and-random-crop: whole-
+    # pixel shifts of up to 8% of the side, zero fill; for small centred thumbnails such as
+    # Fashion-MNIST); light (flips and interpolated 10% shifts, reflected borders); standard
+    # (also rotation, zoom, brightness, contrast: photos).
     augmentation: str = "standard"
     # Occlusion and background-clutter "noise images" on top of the augmentation.
     noise: bool = True
@@ -675,7 +682,11 @@ class TrainConfig(JobConfig):
                 )
             if self.weights != "none":
                 raise ConfigError("--backbone: the file carries its weights; leave --weights out")
-        elif self.architecture not in ARCHITECTURES:
+        if self.backbone_init not in BACKBONE_INITS:
+            raise ConfigError(f"--backbone-init must be file or random, not {self.backbone_init!r}")
+        if self.backbone_init != "file" and self.backbone is None:
+            raise ConfigError("--backbone-init random needs --backbone FILE")
+        if self.backbone is None and self.architecture not in ARCHITECTURES:
             raise ConfigError(
                 f"--architecture {self.architecture!r} is not one of {', '.join(ARCHITECTURES)}"
             )
@@ -729,9 +740,9 @@ class TrainConfig(JobConfig):
     @property
     def pretrained(self) -> bool:
         """A pretrained backbone: a backbone file, or weights for a built-in architecture."""
-        return self.backbone is not None or (
-            self.architecture != "small_cnn" and self.weights != "none"
-        )
+        if self.backbone is not None:
+            return self.backbone_init == "file"
+        return self.architecture != "small_cnn" and self.weights != "none"
 
     @property
     def resolved_label_smoothing(self) -> float:

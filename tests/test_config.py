@@ -243,11 +243,16 @@ def test_train_config_validate_refusals() -> None:
         ({"epochs": -1}, "train.epochs must not be negative"),
         ({"backbone": "/b.keras", "weights": "/w.h5"}, "the file carries its weights"),
         ({"backbone": "/b.keras", "architecture": "resnet50"}, "--backbone replaces"),
+        ({"backbone": "/b.keras", "backbone_init": "none"}, "--backbone-init must be file or"),
+        ({"backbone_init": "random"}, "--backbone-init random needs --backbone FILE"),
         ({"architecture": "custom"}, "--architecture 'custom' is not one of"),
         ({"backbone_lr_multiplier": 0.0}, "train.backbone_lr_multiplier must be positive"),
         ({"dropout": 1.0}, "train.dropout must be within [0, 1)"),
         ({"class_weights": "skewed"}, "--class-weights must be auto, none or balanced"),
-        ({"augmentation": "heavy"}, "--augmentation must be one of none, flip, light, standard"),
+        (
+            {"augmentation": "heavy"},
+            "--augmentation must be one of none, flip, flip+shift, light, standard",
+        ),
         ({"lr_factor": 1.0}, "train.lr_factor must be within (0, 1)"),
         ({"early_stopping_patience": -1}, "train.early_stopping_patience must not be negative"),
     ]

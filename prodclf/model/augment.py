@@ -6,6 +6,8 @@ raw pixels (float32, 0..255, before ``scale_tf``) of any batch size, grayscale o
 
 * geometry and photometry with Keras preprocessing layers (flip, rotation, zoom,
   shift, brightness, contrast), which Keras 3 runs inside ``tf.data`` on TensorFlow;
+* pad-and-random-crop (``pad_crop``): whole-pixel shifts with zero fill and no
+  interpolation, the usual augmentation of small centred thumbnails (Fashion-MNIST);
 * "noise images" as seen in real product photos: an *occluding* patch (a hand, a
   container, a price tag: a random-colour or noise-filled rectangle) and *clutter* (a
   patch cut from another photo of the batch pasted at an edge: background objects).
@@ -41,6 +43,9 @@ class AugmentOptions:
     ``rotation`` is a fraction of 2*pi, ``zoom``/``shift`` fractions of the image side,
     ``brightness``/``contrast`` Keras factors, ``occlusion``/``clutter`` the probability
     per image of an occluding patch / a pasted patch of another image.
+    ``pad_crop`` is a fraction of the image side: each image is padded with zeros by
+    ``pad_crop_pixels`` on every side and cropped back to its size at a random place, so
+    its content moves by whole pixels, at most that many in each direction.
     """
 
     flip: bool = True
@@ -51,6 +56,7 @@ class AugmentOptions:
     contrast: float = 0.1
     occlusion: float = 0.25
     clutter: float = 0.25
+    pad_crop: float = 0.0
     seed: int = 42
 
     def validate(self) -> None:
@@ -62,6 +68,14 @@ class AugmentOptions:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"augmentation {name} is a probability, not {value}")
+        if not 0.0 <= self.pad_crop < 0.5:
+            raise ConfigError(f"augmentation pad_crop must be within [0, 0.5), not {self.pad_crop}")
+
+    def pad_crop_pixels(self, height: int, width: int) -> int:
+        """Pixels of padding (and largest shift) for an image of that size; 0 when off."""
+        if not self.pad_crop:
+            return 0
+        return max(1, round(self.pad_crop * min(height, width)))
 
     @property
     def enabled(self) -> bool:
@@ -74,6 +88,7 @@ class AugmentOptions:
             or self.contrast
             or self.occlusion
             or self.clutter
+            or self.pad_crop
         )
 
 
@@ -111,11 +126,14 @@ def make_augmenter(opts: AugmentOptions, image_shape: tuple[int, ...]) -> Callab
     if opts.contrast:
         stages.append(layers.RandomContrast(opts.contrast, value_range=(0, 255), seed=seed + 6))
     rng = tf.random.Generator.from_seed(seed)
+    pad = opts.pad_crop_pixels(height, width)
 
     def augment(images: Any) -> Any:
         x = tf.cast(images, tf.float32)
         for stage in stages:
             x = stage(x, training=True)
+        if pad:
+            x = pad_and_crop(x, pad, rng)
         if opts.occlusion:
             x = occlude(x, opts.occlusion, rng)
         if opts.clutter:
@@ -192,6 +210,25 @@ def occlude(images: Any, probability: float, rng: Any) -> Any:
     use_noise = (rng.uniform([batch]) < 0.5)[:, None, None, None]
     fill = tf.where(use_noise, noise, colour)
     return tf.where(mask, fill, images)
+
+
+def pad_and_crop(images: Any, pad: int, rng: Any) -> Any:
+    """Pad each image with ``pad`` zero pixels per side, crop back at a random place.
+
+    The content moves by whole pixels, independently per image and axis, by -pad..pad;
+    what leaves the frame is lost and zeros come in on the other side.
+    """
+    import tensorflow as tf
+
+    batch = tf.shape(images)[0]
+    height, width = int(images.shape[1]), int(images.shape[2])
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    dy = _randint(rng, tf.fill([batch], 2 * pad + 1))
+    dx = _randint(rng, tf.fill([batch], 2 * pad + 1))
+    rows = dy[:, None] + tf.range(height)[None, :]
+    cols = dx[:, None] + tf.range(width)[None, :]
+    out = tf.gather(padded, rows, axis=1, batch_dims=1)
+    return tf.gather(out, cols, axis=2, batch_dims=1)
 
 
 def paste_clutter(images: Any, probability: float, rng: Any) -> Any:

@@ -135,6 +135,8 @@ def _build_custom(opts: ModelOptions, input_shape: tuple[int, int, int], num_cla
         )
     keras.utils.set_random_seed(opts.seed)
     backbone = load_backbone_file(opts.backbone, (height, width))
+    if opts.backbone_init == "random":  # the same layers, freshly initialised: from scratch
+        backbone = keras.models.clone_model(backbone)
     inputs = keras.Input(shape=(height, width, channels), name="pixels")
     x = _to_rgb(inputs) if channels != info.channels else inputs
     out = backbone(x)

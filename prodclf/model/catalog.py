@@ -92,6 +92,9 @@ class ModelOptions:
     #: A Keras model file (``.keras``) used as the backbone; ``architecture`` is then
     #: ``custom`` and the file carries its own (pretrained) weights.
     backbone: str | None = None
+    #: ``file``: the backbone file's weights; ``random``: its architecture, weights freshly
+    #: initialised (trained from scratch, so not ``pretrained``).
+    backbone_init: str = "file"
 
     def validate(self) -> None:
         """Refuse bad values with a ``ConfigError`` naming the option."""
@@ -102,6 +105,10 @@ class ModelOptions:
                 )
             if self.weights != "none":
                 raise ConfigError("--backbone: the file carries its weights; leave --weights out")
+            if self.backbone_init not in ("file", "random"):
+                raise ConfigError(
+                    f"backbone_init must be file or random, not {self.backbone_init!r}"
+                )
         elif self.architecture == CUSTOM:
             raise ConfigError(f"architecture {CUSTOM!r} needs a backbone file (--backbone FILE)")
         else:
@@ -128,7 +135,9 @@ class ModelOptions:
     @property
     def pretrained(self) -> bool:
         """Whether the backbone starts from trained weights (a weights or backbone file)."""
-        return self.weights != "none" or self.backbone is not None
+        if self.backbone is not None:
+            return self.backbone_init == "file"
+        return self.weights != "none"
 
 
 def weights_path(weights: str) -> Path | None:

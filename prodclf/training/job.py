@@ -124,6 +124,7 @@ def _plan_custom(cfg: TrainConfig) -> Plan:
     opts = ModelOptions(
         architecture=CUSTOM,
         backbone=str(info.path),
+        backbone_init=cfg.backbone_init,
         trainable_fraction=cfg.trainable_fraction,
         dropout=cfg.dropout,
         fusion=cfg.fusion,
@@ -226,6 +227,10 @@ def class_weights(summary: DataSummary, mode: str) -> dict[int, float] | None:
     return {i: total / (k * counts[name]) for i, name in enumerate(summary.classes)}
 
 
+#: ``--augmentation flip+shift``: pad and random-crop by this share of the side (2 px at 28).
+PAD_CROP = 0.08
+
+
 def augment_options(cfg: TrainConfig) -> Any:
     """The augmentation preset, plus the occlusion/clutter noise unless turned off."""
     from prodclf.model.augment import AugmentOptions
@@ -233,10 +238,12 @@ def augment_options(cfg: TrainConfig) -> Any:
     full = AugmentOptions(seed=cfg.seed)
     if cfg.augmentation == "standard":
         opts = full
-    elif cfg.augmentation in ("light", "flip"):
+    elif cfg.augmentation in ("light", "flip", "flip+shift"):
         opts = replace(full, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0)
-        if cfg.augmentation == "flip":
+        if cfg.augmentation != "light":
             opts = replace(opts, shift=0.0)
+        if cfg.augmentation == "flip+shift":
+            opts = replace(opts, pad_crop=PAD_CROP)
     else:
         opts = replace(full, flip=False, rotation=0.0, zoom=0.0, shift=0.0)
         opts = replace(opts, brightness=0.0, contrast=0.0)

@@ -111,11 +111,46 @@ def test_geometric_and_photometric_layers_change_the_images() -> None:
         assert not np.array_equal(out, x), opts
 
 
+def test_pad_crop_shifts_each_image_by_whole_pixels_with_zero_fill() -> None:
+    # One bright pixel in the middle of a 7x7 image; pad_crop 0.3 -> 2 px: it must land
+    # 0..2 px away on each axis (nowhere else, unblurred), the rest of the image zeros.
+    x = np.zeros((64, 7, 7, 1), "float32")
+    x[:, 3, 3, 0] = 200.0
+    opts = only(pad_crop=0.3)
+    assert opts.pad_crop_pixels(7, 7) == 2
+    (out,) = through_dataset(make_augmenter(opts, x.shape[1:]), x, batch=64)
+    assert out.shape == x.shape
+    moves = set()
+    for img in out:
+        assert np.count_nonzero(img) == 1 and img.max() == 200.0  # moved, not interpolated
+        y, c = np.argwhere(img[..., 0])[0]
+        assert abs(y - 3) <= 2 and abs(c - 3) <= 2
+        moves.add((int(y) - 3, int(c) - 3))
+    assert len(moves) > 10  # 25 possible shifts; both axes move independently
+
+
+def test_pad_crop_brings_zeros_in_where_the_content_left() -> None:
+    x = np.full((32, 6, 6, 3), 100.0, "float32")
+    (out,) = through_dataset(make_augmenter(only(pad_crop=0.2), x.shape[1:]), x, batch=32)
+    assert set(np.unique(out)) <= {0.0, 100.0}
+    shifted = [img for img in out if (img == 0).any()]
+    assert shifted, "no image moved"
+    for img in shifted:  # the zeros are whole border rows / columns
+        zero_rows = np.where((img == 0).all(axis=(1, 2)))[0]
+        zero_cols = np.where((img == 0).all(axis=(0, 2)))[0]
+        assert np.count_nonzero(img == 0) == 3 * (
+            6 * len(zero_rows) + 6 * len(zero_cols) - len(zero_rows) * len(zero_cols)
+        )
+        assert len(zero_rows) <= 1 and len(zero_cols) <= 1  # 0.2 x 6 -> at most 1 px
+
+
 def test_bad_options_are_refused() -> None:
     with pytest.raises(ConfigError, match="occlusion is a probability"):
         make_augmenter(AugmentOptions(occlusion=1.5), (8, 8, 3))
     with pytest.raises(ConfigError, match="zoom"):
         make_augmenter(AugmentOptions(zoom=-0.1), (8, 8, 3))
+    with pytest.raises(ConfigError, match="pad_crop must be within"):
+        make_augmenter(AugmentOptions(pad_crop=0.5), (8, 8, 3))
     with pytest.raises(ConfigError, match="1 or 3 channels"):
         make_augmenter(AugmentOptions(), (8, 8, 4))
 

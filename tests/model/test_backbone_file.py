@@ -83,6 +83,30 @@ def test_features_are_those_of_the_file_loaded_directly() -> None:
     )
 
 
+def test_backbone_init_random_is_the_same_architecture_from_scratch() -> None:
+    import keras
+    from keras import layers
+
+    model = build_classifier(custom(backbone_init="random"), (64, 64, 3), 5)
+    assert not custom(backbone_init="random").pretrained and custom().pretrained
+    direct = keras.saving.load_model(str(EFFICIENTNET), safe_mode=True)
+    backbone = model.get_layer(BACKBONE)
+    ours, theirs = backbone.get_weights(), direct.get_weights()
+    assert [w.shape for w in ours] == [w.shape for w in theirs]
+    convs = [
+        (a, b)
+        for layer, a, b in zip(
+            [x for x in backbone.layers for _ in x.weights], ours, theirs, strict=True
+        )
+        if isinstance(layer, layers.Conv2D | layers.DepthwiseConv2D)
+    ]
+    assert convs and not any(np.allclose(a, b) for a, b in convs)  # none kept from the file
+    # From scratch everything trains, BatchNorm included (no frozen pretrained layers).
+    assert all(layer.trainable for layer in backbone.layers)
+    with pytest.raises(ConfigError, match="backbone_init must be file or random"):
+        custom(backbone_init="imagenet").validate()
+
+
 def test_the_backbone_can_be_rebuilt_at_another_input_size() -> None:
     backbone = load_backbone_file(str(EFFICIENTNET), (64, 64))
     assert backbone.input_shape == (None, 64, 64, 3)

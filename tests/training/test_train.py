@@ -493,6 +493,16 @@ def test_one_phase_learning_rate_schedules(tmp_path: Path) -> None:
     assert rates[3] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_backbone_init_random_trains_from_scratch_in_one_phase() -> None:
+    scratch = TrainConfig(
+        base_library="/b", model_out="/m", backbone="/b.keras", backbone_init="random"
+    )
+    assert not scratch.pretrained
+    assert scratch.resolved_head_epochs == 0 and scratch.resolved_label_smoothing == 0.0
+    file = TrainConfig(base_library="/b", model_out="/m", backbone="/b.keras")
+    assert file.pretrained and file.resolved_head_epochs == 30
+
+
 def test_augmentation_presets() -> None:
     from prodclf.training.job import augment_options
 
@@ -509,6 +519,11 @@ def test_augmentation_presets() -> None:
     assert flip.flip and flip.enabled
     assert not (flip.shift or flip.rotation or flip.zoom or flip.brightness or flip.contrast)
     assert not (flip.occlusion or flip.clutter)
+    shift = augment_options(cfg(augmentation="flip+shift", noise=False))
+    assert shift.flip and shift.pad_crop_pixels(28, 28) == 2
+    assert not (shift.shift or shift.rotation or shift.zoom or shift.brightness)
+    assert not (shift.contrast or shift.occlusion or shift.clutter)
+    assert not flip.pad_crop and not light.pad_crop and not standard.pad_crop
     assert not augment_options(cfg(augmentation="none", noise=False)).enabled
     noise_only = augment_options(cfg(augmentation="none"))
     assert noise_only.occlusion and not noise_only.flip
