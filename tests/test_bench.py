@@ -109,9 +109,11 @@ def test_latency_proxy_answers_502_when_the_store_is_unreachable() -> None:
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with LatencyProxy(f"http://127.0.0.1:{port}", 0, cache_bytes=1 << 20) as proxy:
-        with pytest.raises(ClientError) as err:
-            s3_client(proxy.endpoint).get_object(Bucket="gone", Key="k")
+    with (
+        LatencyProxy(f"http://127.0.0.1:{port}", 0, cache_bytes=1 << 20) as proxy,
+        pytest.raises(ClientError) as err,
+    ):
+        s3_client(proxy.endpoint).get_object(Bucket="gone", Key="k")
     assert err.value.response["ResponseMetadata"]["HTTPStatusCode"] == 502
     assert proxy.upstream_requests == 0 and proxy.cache_hits == 0
 
