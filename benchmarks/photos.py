@@ -4,7 +4,8 @@
 longer side is 1000 px (LANCZOS, JPEG quality 90), as catalogs serve them; generated once into
 the work directory's cache. ``grocery-orig``: the photos as they are. ``synthetic``: coloured
 shapes on white at ``--size`` px. A catalog larger than the photos uploaded cycles over them
-(distinct product ids, repeated objects: nothing caches objects, so each row is a fetch).
+(distinct product ids, repeated objects: no client caches objects, so each row is a GET that
+waits the store's latency, whether or not the proxy answers it from its cache).
 """
 
 from __future__ import annotations
