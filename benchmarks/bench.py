@@ -272,6 +272,32 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+#: The catalog's columns, as every variant reads them.
+CATALOG_SCHEMA = "product_id string, image_uri string"
+
+
+def bench_session(master: str, app_name: str, conf: dict[str, str] | None = None) -> Any:
+    """The benchmarks' SparkSession (no UI, 4 GiB driver, Arrow batches of 256 rows), with
+    this directory's modules shipped to its Python workers."""
+    from prodclf.config import SparkConfig
+    from prodclf.session import create_session
+
+    settings = {"spark.ui.enabled": "false", "spark.driver.memory": "4g", **(conf or {})}
+    spark = create_session(
+        SparkConfig(master=master, app_name=app_name, conf=tuple(settings.items())),
+        arrow_batch_size=256,
+    )
+    ship_modules(spark)
+    return spark
+
+
+def cached_frame(spark: Any, rows: list[tuple[str, str]]) -> Any:
+    """Catalog ``rows`` as a DataFrame, cached and counted here, before any timer."""
+    df = spark.createDataFrame(rows, CATALOG_SCHEMA).cache()
+    df.count()
+    return df
+
+
 def run_comparison(
     args: argparse.Namespace,
     wanted: list[str],
@@ -282,30 +308,19 @@ def run_comparison(
     bundle: str,
     store: Any,
 ) -> None:
-    from prodclf.config import SparkConfig
-    from prodclf.session import create_session
     from prodclf.tagging.transforms import plan_partitions
 
     bundle_dir = bundle[len("file://") :]
-    conf: dict[str, str] = {"spark.ui.enabled": "false", "spark.driver.memory": "4g"}
+    conf: dict[str, str] = {}
     master = f"local[{args.cores}]"
     if args.gpu:
         import gpu
 
-        master, gpu_conf = gpu.gpu_spark_conf(args.cores, args.tasks_per_gpu)
-        conf.update(gpu_conf)
-    spark = create_session(
-        SparkConfig(master=master, app_name="prodclf-bench", conf=tuple(conf.items())),
-        arrow_batch_size=256,
-    )
-    ship_modules(spark)
+        master, conf = gpu.gpu_spark_conf(args.cores, args.tasks_per_gpu)
+    spark = bench_session(master, "prodclf-bench", conf)
     rows = photos.catalog_rows(uris, args.images)
-    schema = "product_id string, image_uri string"
-    base = spark.createDataFrame(rows, schema).cache()
-    base.count()
     warm_n = min(args.images, max(args.cores * 64, 64))
-    warm = spark.createDataFrame(rows[:warm_n], schema).cache()
-    warm.count()
+    base, warm = cached_frame(spark, rows), cached_frame(spark, rows[:warm_n])
     partitions = plan_partitions(args.images, spark.sparkContext.defaultParallelism, 2000)
     if args.storage == "s3":
         bucket = photos.BUCKET
@@ -383,8 +398,7 @@ def run_comparison(
         scale = []
         for n in sizes:
             rows_n = photos.catalog_rows(uris, n)
-            df = spark.createDataFrame(rows_n, schema).cache()
-            df.count()
+            df = cached_frame(spark, rows_n)
             parts = plan_partitions(n, spark.sparkContext.defaultParallelism, 2000)
             peer = prodclf_peer(spark, df, warm, bundle, parts, args.gpu)
             t = time_peer(peer, os.getpid(), SPARK_WORKER, store)

@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import photos  # noqa: E402
-from peers import prodclf_peer, ship_modules  # noqa: E402
+from peers import prodclf_peer  # noqa: E402
 from s3serve import StoreProcess, aws_env, prime, s3_client  # noqa: E402
 
 
@@ -76,10 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="bench-workdir")
     args = ap.parse_args(argv)
 
-    from bench import make_bundle
+    from bench import bench_session, cached_frame, make_bundle
 
-    from prodclf.config import SparkConfig
-    from prodclf.session import create_session
     from prodclf.tagging.transforms import plan_partitions
 
     work = Path(args.workdir).resolve()
@@ -91,20 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.store_cache_mib:
             prime(uris, store.endpoint)
         with aws_env(store.endpoint):
-            conf = {"spark.ui.enabled": "false", "spark.driver.memory": "4g"}
-            spark = create_session(
-                SparkConfig(
-                    master=f"local[{args.cores}]", app_name="cpu-split", conf=tuple(conf.items())
-                ),
-                arrow_batch_size=256,
-            )
-            ship_modules(spark)
+            spark = bench_session(f"local[{args.cores}]", "cpu-split")
             rows = photos.catalog_rows(uris, args.images)
-            schema = "product_id string, image_uri string"
-            base = spark.createDataFrame(rows, schema).cache()
-            base.count()
-            warm = spark.createDataFrame(rows[: args.cores * 64], schema).cache()
-            warm.count()
+            base = cached_frame(spark, rows)
+            warm = cached_frame(spark, rows[: args.cores * 64])
             partitions = plan_partitions(args.images, spark.sparkContext.defaultParallelism, 2000)
             peer = prodclf_peer(
                 spark, base, warm, f"file://{bundle_dir}", partitions, False, args.engine
