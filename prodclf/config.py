@@ -66,6 +66,10 @@ class StorageConfig(Validated):
     decode_memory_bytes: int = 512 * 1024 * 1024
     # Spark reads/writes Parquet on S3 through Hadoop's s3a connector.
     spark_s3_scheme: str = "s3a"
+    # The first attempt of each image GET is signed by prodclf and sent on boto3's own
+    # connection pool, skipping botocore's request pipeline (a third of its CPU per object);
+    # retries and unusual answers always go through boto3. False: every GET through boto3.
+    direct_get: bool = True
 
     def validate(self) -> None:
         _positive(self, "max_object_bytes", "max_pixels", "max_attempts", "fetch_concurrency")

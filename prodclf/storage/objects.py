@@ -84,7 +84,8 @@ def s3_client(
 
 # --- the fetch deadline, botocore's own retries included ------------------------------------
 
-#: The running fetch's (deadline, seconds one attempt may take), per thread; see _fetch_s3.
+#: The running fetch's (deadline, seconds one attempt may take, attempts made before
+#: botocore's), per thread; see _botocore_fetch.
 _BUDGET = threading.local()
 
 
@@ -111,7 +112,7 @@ def _deadline_guard(
     budget = getattr(_BUDGET, "value", None)
     if budget is None:
         return None
-    deadline, attempt_s = budget
+    deadline, attempt_s, made = budget
     status = response[0].status_code if response is not None else 0
     if caught_exception is not None:
         last = type(caught_exception).__name__
@@ -124,7 +125,7 @@ def _deadline_guard(
         return None  # a success or a final answer (404, 403): nothing to retry
     longest_backoff = min(2.0 ** (attempts - 1), 20.0)
     if time.monotonic() + longest_backoff + attempt_s > deadline:
-        raise _OutOfTime(attempts, last)
+        raise _OutOfTime(made + attempts, last)
     return None
 
 
@@ -132,12 +133,13 @@ def _deadline_guard(
 _RETRIED_400 = {"RequestTimeout", "Throttling", "ThrottlingException", "SlowDown"}
 
 
-def client_for(cfg: StorageConfig) -> Any:
+def client_for(cfg: StorageConfig, attempts: int | None = None) -> Any:
+    """The worker's client for ``cfg``; ``attempts`` overrides ``cfg.max_attempts``."""
     return s3_client(
         cfg.connect_timeout_s,
         cfg.read_timeout_s,
         cfg.retry_mode,
-        cfg.max_attempts,
+        cfg.max_attempts if attempts is None else attempts,
         max(cfg.fetch_concurrency, 10),
     )
 
@@ -181,19 +183,86 @@ def _fetch_file(ref: ObjectRef, limit: int) -> bytes:
 
 
 def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
-    from botocore.exceptions import BotoCoreError, IncompleteReadError
+    deadline = time.monotonic() + cfg.fetch_deadline_s
+    attempts = cfg.max_attempts
+    made = 0
+    if cfg.direct_get and attempts > 1:
+        sent, data = _direct_attempt(ref, cfg, deadline)
+        if data is not None:
+            return data
+        made = int(sent)  # when it was sent, botocore has the attempts left
+    return _botocore_fetch(ref, cfg, deadline, made)
+
+
+def _direct_attempt(
+    ref: ObjectRef, cfg: StorageConfig, deadline: float
+) -> tuple[bool, bytes | None]:
+    """The first attempt, without botocore's request pipeline (``s3get``).
+
+    Returns (sent, bytes), raises the ``RowError`` of a final answer about the object (404,
+    ``AccessDenied``, too large), or returns no bytes when this attempt decides nothing: a 5xx,
+    throttling, a timeout or a cut body, which botocore retries with its own backoff; a
+    redirect, a 400 or a credential error, which botocore also confirms with its own signer
+    (this path is then off for the bucket, so a signing mistake here can never pass for a
+    store refusing the credentials). ``sent`` is false when nothing was sent (a bucket the
+    presigner describes in a way this path does not handle): the caller keeps every attempt.
+    """
+    from botocore.exceptions import BotoCoreError
+    from urllib3.exceptions import HTTPError
+
+    from prodclf.storage import s3get
 
     client = client_for(cfg)
     limit = cfg.max_object_bytes
-    # botocore retries the request itself (cfg.max_attempts in all) as long as another
-    # attempt fits in the deadline (_deadline_guard); only a failure while streaming the
-    # body is retried here, with a new request.
-    last = ""
-    deadline = time.monotonic() + cfg.fetch_deadline_s
-    attempt_s = cfg.connect_timeout_s + cfg.read_timeout_s
-    _BUDGET.value = (deadline, attempt_s)
     try:
-        for attempt in range(1, cfg.max_attempts + 1):
+        resp = s3get.send_get(client, ref.bucket, ref.key)
+    except BotoCoreError:
+        return True, None
+    if resp is None:
+        return False, None
+    raw = resp.raw
+    try:
+        status = resp.status_code
+        if status == 200:
+            length = resp.headers.get("content-length")
+            size = int(length) if length is not None and length.isdigit() else None
+            if size is not None and size > limit:
+                raise RowError(
+                    ErrorCode.OBJECT_TOO_LARGE, f"{size} bytes exceeds the limit of {limit}"
+                )
+            data = _read_until(raw, limit + 1, deadline, ref.uri)
+            if (size is not None and len(data) < size) or not s3get.checksum_ok(resp.headers, data):
+                return True, None  # closed early or damaged: botocore retries
+            return True, _checked(data, limit)
+        code = s3get.error_code(_read_until(raw, 64 << 10, deadline, ref.uri))
+        if code not in CREDENTIAL_CODES:
+            final = _object_answer(code, status, ref)
+            if final is not None:
+                raise final
+        if status in (301, 307, 400) or code in CREDENTIAL_CODES or code in _DENIED:
+            s3get.disable(client, ref.bucket)
+        return True, None
+    except (HTTPError, OSError):  # the body failed mid-way (reset, read timeout)
+        return True, None
+    finally:
+        raw.close()
+
+
+def _botocore_fetch(ref: ObjectRef, cfg: StorageConfig, deadline: float, made: int) -> bytes:
+    """The fetch through ``get_object``, after ``made`` attempts of the direct path."""
+    from botocore.exceptions import BotoCoreError, IncompleteReadError
+
+    attempts = cfg.max_attempts - made
+    client = client_for(cfg, attempts)
+    limit = cfg.max_object_bytes
+    # botocore retries the request itself (attempts in all) as long as another attempt fits
+    # in the deadline (_deadline_guard); only a failure while streaming the body is retried
+    # here, with a new request.
+    last = ""
+    attempt_s = cfg.connect_timeout_s + cfg.read_timeout_s
+    _BUDGET.value = (deadline, attempt_s, made)
+    try:
+        for attempt in range(1, attempts + 1):
             resp = _get_object(client, ref, cfg)
             body = resp["Body"]
             try:
@@ -212,14 +281,27 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
                 return _checked(data, limit)
             finally:
                 body.close()
-            if attempt < cfg.max_attempts:
+            if attempt < attempts:
                 pause = min(2.0, 0.1 * 2**attempt)
                 if time.monotonic() + pause + attempt_s >= deadline:
                     break
                 time.sleep(pause)
     finally:
         _BUDGET.value = None
-    raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {attempt} attempt(s): {ref.uri}")
+    raise RowError(ErrorCode.FETCH_FAILED, f"{last} after {made + attempt} attempt(s): {ref.uri}")
+
+
+def _object_answer(code: str, status: int, ref: ObjectRef) -> RowError | None:
+    """The row error of a final S3 answer about one object or the credentials; else None."""
+    if code in CREDENTIAL_CODES:
+        return RowError(
+            ErrorCode.STORE_UNAVAILABLE, f"the store refused the credentials ({code}): {ref.uri}"
+        )
+    if code in _NOT_FOUND or status == 404:
+        return RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}")
+    if code in _DENIED or status == 403:
+        return RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}")
+    return None
 
 
 def _get_object(client: Any, ref: ObjectRef, cfg: StorageConfig) -> Any:
@@ -237,16 +319,10 @@ def _get_object(client: Any, ref: ObjectRef, cfg: StorageConfig) -> Any:
     except ClientError as exc:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
-        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
-        if code in CREDENTIAL_CODES:
-            raise RowError(
-                ErrorCode.STORE_UNAVAILABLE,
-                f"the store refused the credentials ({code}): {ref.uri}",
-            ) from None
-        if code in _NOT_FOUND or status == "404":
-            raise RowError(ErrorCode.NOT_FOUND, f"no such object: {ref.uri}") from None
-        if code in _DENIED or status == "403":
-            raise RowError(ErrorCode.ACCESS_DENIED, f"access denied: {ref.uri}") from None
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        final = _object_answer(code, int(status or 0), ref)
+        if final is not None:
+            raise final from None
         raise RowError(
             ErrorCode.FETCH_FAILED,
             f"S3 error {code or status} after {cfg.max_attempts} attempts: {ref.uri}",

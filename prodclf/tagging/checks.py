@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -99,7 +99,8 @@ def probe_store(
 
 
 def _fetch(uri: str, storage: StorageConfig) -> None:
-    objects.fetch_image_bytes(parse_uri(uri), storage)
+    # Through boto3 alone: the verdict on the store is botocore's, one request per object.
+    objects.fetch_image_bytes(parse_uri(uri), replace(storage, direct_get=False))
 
 
 #: Answers that show the store works: the object, or a verdict about that object alone.

@@ -7,11 +7,13 @@ boto3 settings chain (``AWS_ENDPOINT_URL_S3``), nothing patched in-process.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -284,11 +286,17 @@ class FakeS3:
                     self._send(status, body, len(body))
                 elif kind == "cut":  # declares more bytes than it sends, then closes
                     self._send(200, arg, len(arg) * 10)
+                elif kind == "damaged":  # the checksum of other bytes: damaged on the way
+                    crc = zlib.crc32(arg + b"!").to_bytes(4, "big")
+                    checksum = ("x-amz-checksum-crc32", base64.b64encode(crc).decode())
+                    self._send(200, arg, len(arg), checksum)
                 else:
                     self._send(200, arg, len(arg))
 
-            def _send(self, status: int, body: bytes, length: int) -> None:
+            def _send(self, status: int, body: bytes, length: int, *extra: tuple[str, str]) -> None:
                 self.send_response(status)
+                for name, value in extra:
+                    self.send_header(name, value)
                 self.send_header("Content-Type", "application/xml")
                 self.send_header("Content-Length", str(length))
                 self.send_header("Connection", "close")
@@ -362,6 +370,40 @@ def test_s3_body_cut_short_is_retried_then_fetch_failed(fake_s3: FakeS3) -> None
     assert fetch("s3://b/once.png", RETRY2) == b"complete"
 
 
+def test_s3_a_damaged_body_is_never_returned(fake_s3: FakeS3) -> None:
+    """The direct first GET checks the store's checksum as botocore would, then retries."""
+    fake_s3.script["/b/x.png"] = [("damaged", b"image"), ("ok", b"image")]
+    assert fetch("s3://b/x.png", RETRY2) == b"image"
+    assert len(fake_s3.hits) == 2
+    fake_s3.script["/b/y.png"] = [("damaged", b"image")]
+    assert fetch_code("s3://b/y.png", RETRY2) is ErrorCode.FETCH_FAILED
+    assert len(fake_s3.hits) == 4
+
+
+def test_s3_not_found_takes_one_request(fake_s3: FakeS3) -> None:
+    assert fetch_code("s3://b/missing.png", RETRY2) is ErrorCode.NOT_FOUND
+    assert fake_s3.hits == ["/b/missing.png"]
+
+
+def test_s3_an_answer_the_direct_get_may_have_caused_is_botocores_from_then_on(
+    fake_s3: FakeS3,
+) -> None:
+    """A 400 (a region or signing mismatch) is retried by botocore, which keeps the bucket."""
+    fake_s3.script["/b/x.png"] = [("error", (400, "AuthorizationHeaderMalformed")), ("ok", b"x")]
+    fake_s3.script["/b/y.png"] = [("ok", b"y")]
+    cfg = StorageConfig(max_attempts=3)
+    calls: list[str] = []
+    for attempts in (2, 3):  # botocore's clients after a direct attempt, and without one
+        objects.client_for(cfg, attempts).meta.events.register(
+            "before-parameter-build.s3.GetObject",
+            lambda params, **_: calls.append(params["Key"]),
+        )
+    assert fetch("s3://b/x.png", cfg) == b"x"
+    assert fetch("s3://b/y.png", cfg) == b"y"
+    assert fake_s3.hits == ["/b/x.png", "/b/x.png", "/b/y.png"]
+    assert calls == ["x.png", "y.png"]
+
+
 def test_s3_closed_port_is_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused connections concern the store, not the product: never a per-product code."""
     with socket.socket() as sock:
@@ -390,11 +432,18 @@ def test_rejected_credentials_are_store_unavailable_not_access_denied(
     fake_s3: FakeS3, status: int, code: str
 ) -> None:
     fake_s3.script["/b/x.png"] = [("error", (status, code))]
-    with pytest.raises(RowError) as info:
-        fetch("s3://b/x.png", RETRY2)
-    assert info.value.code is ErrorCode.STORE_UNAVAILABLE
-    assert f"refused the credentials ({code})" in info.value.message
-    assert fake_s3.hits == ["/b/x.png"]  # not retried
+    for cfg, requests in (
+        (StorageConfig(max_attempts=5, direct_get=False), 1),
+        # botocore's own signer confirms what the direct first attempt was told, once
+        (StorageConfig(max_attempts=5), 2),
+    ):
+        fake_s3.hits.clear()
+        objects.s3_client.cache_clear()
+        with pytest.raises(RowError) as info:
+            fetch("s3://b/x.png", cfg)
+        assert info.value.code is ErrorCode.STORE_UNAVAILABLE
+        assert f"refused the credentials ({code})" in info.value.message
+        assert fake_s3.hits == ["/b/x.png"] * requests  # never retried
 
 
 def test_the_fetch_deadline_bounds_botocores_own_retries(s3_endpoint: str, s3: Any) -> None:
