@@ -47,6 +47,7 @@ SHARED_WEIGHTS = ROOT.parent / "shared/weights/mobilenet_2_5_224_tf_no_top.h5"
 VARIANTS = (
     "prodclf",
     "prodclf/tensorflow",
+    "prodclf/boto3",
     "predict_batch_udf/documented",
     "predict_batch_udf/prodclf",
     "databricks/documented",
@@ -332,9 +333,12 @@ def run_comparison(
     ray_proc = None
     try:
         for name in wanted:
-            if name in ("prodclf", "prodclf/tensorflow"):
-                engine = "auto" if name == "prodclf" else "tensorflow"
-                peers.append(prodclf_peer(spark, base, warm, bundle, partitions, args.gpu, engine))
+            if name in ("prodclf", "prodclf/tensorflow", "prodclf/boto3"):
+                engine = "tensorflow" if name == "prodclf/tensorflow" else "auto"
+                direct = name != "prodclf/boto3"
+                peers.append(
+                    prodclf_peer(spark, base, warm, bundle, partitions, args.gpu, engine, direct)
+                )
             elif name.startswith("predict_batch_udf/"):
                 dec = name.split("/", 1)[1]
                 peers.append(
@@ -392,6 +396,8 @@ def run_comparison(
             lf, lf_lite = lim.get("LF"), lim.get("LF_lite")
             summary["E_over_LF"] = summary["median"] / lf if lf else None
             summary["E_over_LF_lite"] = summary["median"] / lf_lite if lf_lite else None
+            own = lim.get("LF_lite_prodclf_fetch")
+            summary["E_over_LF_lite_prodclf_fetch"] = summary["median"] / own if own else None
             results["variants"][name] = summary
 
         sizes = [int(s) for s in args.scale.split(",") if s.strip()]

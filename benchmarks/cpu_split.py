@@ -1,6 +1,7 @@
 """Where prodclf's CPU goes on the benchmark's S3 store: CPU ms per image, per process.
 
     python benchmarks/cpu_split.py [--images 2000] [--reps 3] [--store-cache-mib 2048]
+                                   [--boto3-only]
 
 Runs the ``prodclf`` variant of ``bench.py`` (same catalog, bundle, store and Spark session
 settings) and, around each timed run, reads the CPU time (user + system, psutil) of every
@@ -72,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--latency-ms", type=float, default=30.0)
     ap.add_argument("--store-cache-mib", type=int, default=2048)
     ap.add_argument("--engine", choices=("auto", "tensorflow"), default="auto")
+    ap.add_argument(
+        "--boto3-only",
+        action="store_true",
+        help="every GET through boto3's get_object (storage.direct_get false)",
+    )
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--workdir", default="bench-workdir")
     args = ap.parse_args(argv)
@@ -95,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
             warm = cached_frame(spark, rows[: args.cores * 64])
             partitions = plan_partitions(args.images, spark.sparkContext.defaultParallelism, 2000)
             peer = prodclf_peer(
-                spark, base, warm, f"file://{bundle_dir}", partitions, False, args.engine
+                spark,
+                base,
+                warm,
+                f"file://{bundle_dir}",
+                partitions,
+                False,
+                args.engine,
+                direct_get=not args.boto3_only,
             )
             peer.warm()
             me = os.getpid()

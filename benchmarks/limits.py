@@ -156,16 +156,38 @@ def lite_rate(lite_model: str, procs: int, threads: int, images: int, batch: int
 # --- F: the client's CPU per fetched object -------------------------------------------------
 
 
-def fetch_cost(uris: list[str], endpoint: str, threads: int = 16) -> dict[str, float]:
-    """boto3 GETs of ``uris`` (``s3://``) from ``threads`` threads: CPU s/object, wall rate."""
-    from s3serve import s3_client
+def fetch_cost(
+    uris: list[str], endpoint: str, threads: int = 16, via: str = "boto3"
+) -> dict[str, float]:
+    """GETs of ``uris`` (``s3://``) from ``threads`` threads: CPU s/object, wall rate.
+
+    ``via``: ``boto3`` (``get_object``, as the issue defines F) or ``prodclf`` (the tag job's
+    own fetch, ``objects.fetch_image_bytes``: its direct first GET, ``prodclf.storage.s3get``).
+    """
+    from s3serve import aws_env, s3_client
+
+    from prodclf.config import StorageConfig
+    from prodclf.storage import objects
+    from prodclf.storage.uris import parse_uri
 
     client = s3_client(endpoint, pool=threads)
     refs = [u[len("s3://") :].split("/", 1) for u in uris]
+    cfg = StorageConfig(fetch_concurrency=threads)
 
     def get(ref: list[str]) -> int:
+        if via == "prodclf":
+            return len(objects.fetch_image_bytes(parse_uri(f"s3://{ref[0]}/{ref[1]}"), cfg))
         return len(client.get_object(Bucket=ref[0], Key=ref[1])["Body"].read())
 
+    with aws_env(endpoint):
+        objects.s3_client.cache_clear()
+        try:
+            return _timed_gets(get, refs, threads)
+        finally:
+            objects.s3_client.cache_clear()
+
+
+def _timed_gets(get: Any, refs: list[list[str]], threads: int) -> dict[str, float]:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(get, refs[: threads * 2]))  # connections open, botocore loaded
         cpu0, t0 = time.process_time(), time.perf_counter()
@@ -208,6 +230,9 @@ def measure(
         cost = fetch_cost(uris[:images], endpoint)
         out["fetch"] = cost
         out["F"] = cores / cost["cpu_s_per_object"]
+        own = fetch_cost(uris[:images], endpoint, via="prodclf")
+        out["fetch_prodclf"] = own
+        out["F_prodclf"] = cores / own["cpu_s_per_object"]
     out["LF"] = limit_rate(d, m, out["F"])
     if lite_model and not gpu:
         one = lite_rate(lite_model, 1, cores, images)
@@ -216,4 +241,7 @@ def measure(
         out["M_lite_one_process"] = one
         out["M_lite_one_process_per_core"] = per_core
         out["LF_lite"] = limit_rate(d, out["M_lite"], out["F"])
+        if out.get("F_prodclf"):
+            # The same limit with prodclf's own fetch in place of boto3's get_object.
+            out["LF_lite_prodclf_fetch"] = limit_rate(d, out["M_lite"], out["F_prodclf"])
     return out

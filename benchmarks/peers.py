@@ -109,8 +109,12 @@ def prodclf_peer(
     partitions: int,
     use_gpu: bool = False,
     engine: str = "auto",
+    direct_get: bool = True,
 ) -> Peer:
-    """The tag job's path; ``engine`` auto runs the bundle's LiteRT model on CPUs."""
+    """The tag job's path; ``engine`` auto runs the bundle's LiteRT model on CPUs.
+
+    ``direct_get`` False: every GET through boto3's ``get_object`` (``prodclf/boto3``).
+    """
     from prodclf.config import InferenceConfig, StorageConfig
     from prodclf.model.bundle import read_meta
     from prodclf.tagging.transforms import RunInfo, tag_products
@@ -118,7 +122,10 @@ def prodclf_peer(
 
     meta = read_meta(bundle)
     udf = tag_images_udf(
-        bundle, StorageConfig(), InferenceConfig(use_gpu=use_gpu, engine=engine), meta.fingerprint
+        bundle,
+        StorageConfig(direct_get=direct_get),
+        InferenceConfig(use_gpu=use_gpu, engine=engine),
+        meta.fingerprint,
     )
     now = datetime.now(timezone.utc)
     run = RunInfo("bench", now.date(), meta.model_name, meta.model_version, now)
@@ -129,7 +136,8 @@ def prodclf_peer(
     timed = job(base)
     warmed = job(warm)
     name = "prodclf" if engine == "auto" else f"prodclf/{engine}"
-    notes = {"decoder": "prodclf", "engine": engine}
+    name += "" if direct_get else "/boto3"
+    notes = {"decoder": "prodclf", "engine": engine, "fetch": "direct" if direct_get else "boto3"}
     return Peer(name, warmer(warmed), lambda: noop(timed), notes=notes)
 
 

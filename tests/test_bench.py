@@ -130,6 +130,23 @@ def test_limit_is_the_harmonic_combination() -> None:
         limits.limit_rate(0, 1, 1)
 
 
+@pytest.mark.parametrize("via", ["boto3", "prodclf"])
+def test_the_fetch_cost_reads_every_object_whole(s3_endpoint: str, s3: Any, via: str) -> None:
+    """F's two clients: boto3's get_object (the issue's F) and the tag job's own fetch."""
+    bucket = f"fetch-cost-{via}"
+    s3.create_bucket(Bucket=bucket)
+    sizes = [1000, 2000, 6000]
+    uris = []
+    for n, size in enumerate(sizes):
+        s3.put_object(Bucket=bucket, Key=f"img/{n}.jpg", Body=os.urandom(size))
+        uris.append(f"s3://{bucket}/img/{n}.jpg")
+    before = os.environ.get("AWS_ENDPOINT_URL_S3")
+    cost = limits.fetch_cost(uris, s3_endpoint, threads=2, via=via)
+    assert cost["mean_object_bytes"] == pytest.approx(sum(sizes) / 3)
+    assert cost["cpu_s_per_object"] > 0
+    assert os.environ.get("AWS_ENDPOINT_URL_S3") == before  # the settings are restored
+
+
 # --- fair peers: the object warmed is the object timed ---------------------------------------
 
 
@@ -270,6 +287,8 @@ def _results() -> dict[str, Any]:
             "M_lite_one_process": 40.0,
             "M_lite_one_process_per_core": 30.0,
             "LF_lite": 12.5,
+            "F_prodclf": 100.0,
+            "LF_lite_prodclf_fetch": 16.0,
         },
     }
 
@@ -294,8 +313,9 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "old table" not in text
     assert text.startswith(f"# head\n\n{report.START}\n")
     assert text.endswith(f"{report.END}\n\ntail\n")
-    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 |  |  | 512 |" in text
+    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 0.31 |  |  | 512 |" in text
     assert "LF_lite 12.5/s" in text
+    assert "LF_lite with prodclf's fetch 16.0/s" in text
     assert "python benchmarks/bench.py --images 10" in text
     report.write_readme_block(readme, block)  # idempotent
     assert readme.read_text() == text
