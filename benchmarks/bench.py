@@ -6,9 +6,11 @@
 ``make bench`` runs the default comparison. Every variant classifies the same catalog with the
 same SavedModel (MobileNet v1 alpha 0.25 at 224x224, the shared pretrained weights) on the same
 cores; each is built once, warmed, then timed with the same object, in alternating repetitions
-(A B C A B C ...). See ``peers.py`` (the variants), ``s3serve.py`` (the store and the latency
-proxy, in a process of their own), ``limits.py`` (D, M, F and LF), ``memory.py`` (worker RSS),
-``gpu.py`` (``--gpu``), ``report.py`` (the table). Results: ``<workdir>/results.json``.
+(A B C A B C ...; a Spark variant is warmed again before each of its repetitions, since PySpark
+stops Python workers idle for a minute). See ``peers.py`` (the variants), ``s3serve.py`` (the
+store and the latency proxy, in a process of their own), ``limits.py`` (D, M, F and LF),
+``memory.py`` (worker RSS), ``gpu.py`` (``--gpu``), ``report.py`` (the table). Results:
+``<workdir>/results.json``.
 """
 
 from __future__ import annotations
@@ -374,6 +376,11 @@ def run_comparison(
             for name in order:
                 peer = by_name[name]
                 is_ray = name.startswith("ray/")
+                if not is_ray:
+                    # PySpark stops Python workers idle for a minute: after the Ray variants
+                    # the next Spark variant would pay worker start and model load in its
+                    # timed run. Ray keeps its actors (and measures its start-up itself).
+                    peer.warm()
                 root = ray_proc.proc.pid if is_ray and ray_proc else os.getpid()
                 t = time_peer(peer, root, RAY_WORKER if is_ray else SPARK_WORKER, store)
                 timings[name].append(t)
@@ -407,6 +414,7 @@ def run_comparison(
             df = cached_frame(spark, rows_n)
             parts = plan_partitions(n, spark.sparkContext.defaultParallelism, 2000)
             peer = prodclf_peer(spark, df, warm, bundle, parts, args.gpu)
+            peer.warm()  # the workers started and the model loaded, as in the comparison
             t = time_peer(peer, os.getpid(), SPARK_WORKER, store)
             df.unpersist()
             scale.append({"images": n, "images_per_s": n / t["seconds"], **t})

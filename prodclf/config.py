@@ -68,7 +68,8 @@ class StorageConfig(Validated):
     spark_s3_scheme: str = "s3a"
     # The first attempt of each image GET is signed by prodclf and sent on boto3's own
     # connection pool, skipping botocore's request pipeline (a third of its CPU per object);
-    # retries and unusual answers always go through boto3. False: every GET through boto3.
+    # retries and unusual answers always go through boto3. False: every GET through boto3
+    # (as with max_attempts 1 or retry_mode adaptive).
     direct_get: bool = True
 
     def validate(self) -> None:

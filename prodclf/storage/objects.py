@@ -186,7 +186,8 @@ def _fetch_s3(ref: ObjectRef, cfg: StorageConfig) -> bytes:
     deadline = time.monotonic() + cfg.fetch_deadline_s
     attempts = cfg.max_attempts
     made = 0
-    if cfg.direct_get and attempts > 1:
+    # adaptive: botocore's client-side rate limiter must see every request, so all are its.
+    if cfg.direct_get and attempts > 1 and cfg.retry_mode != "adaptive":
         sent, data = _direct_attempt(ref, cfg, deadline)
         if data is not None:
             return data
