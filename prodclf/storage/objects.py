@@ -205,8 +205,9 @@ def _direct_attempt(
     throttling, a timeout or a cut body, which botocore retries with its own backoff; a
     redirect, a 400 or a credential error, which botocore also confirms with its own signer
     (this path is then off for the bucket, so a signing mistake here can never pass for a
-    store refusing the credentials). ``sent`` is false when nothing was sent (a bucket the
-    presigner describes in a way this path does not handle): the caller keeps every attempt.
+    store refusing the credentials). ``sent`` is false when nothing was sent (a bucket whose
+    requests botocore builds in a way ``s3get`` does not reproduce): the caller keeps every
+    attempt.
     """
     from botocore.exceptions import BotoCoreError
     from urllib3.exceptions import HTTPError
@@ -240,7 +241,7 @@ def _direct_attempt(
             final = _object_answer(code, status, ref)
             if final is not None:
                 raise final
-        if status in (301, 307, 400) or code in CREDENTIAL_CODES or code in _DENIED:
+        if status in (301, 307, 400) or code in CREDENTIAL_CODES:
             s3get.disable(client, ref.bucket)
         return True, None
     except (HTTPError, OSError):  # the body failed mid-way (reset, read timeout)
