@@ -21,6 +21,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import gpu  # noqa: E402
+import int8  # noqa: E402
 import limits  # noqa: E402
 import report  # noqa: E402
 from s3serve import LatencyProxy, s3_client  # noqa: E402
@@ -329,3 +330,35 @@ def test_catalog_cycles_over_the_uploaded_objects() -> None:
     assert [u for _, u in rows] == ["a", "b", "a", "b", "a"]
     assert len({p for p, _ in rows}) == 5
     assert np.isfinite(limits.limit_rate(1, 1, 1))
+
+
+# --- int8: what quantization would cost in accuracy ------------------------------------------
+
+
+def test_int8_compares_the_bundles_own_model_with_its_quantization(color_bundle: Path) -> None:
+    rng = np.random.default_rng(0)
+    pixels = np.zeros((40, 8, 8, 3), dtype=np.uint8)
+    truth = []
+    for i in range(40):
+        red = i % 2 == 0
+        pixels[i, ..., 0 if red else 2] = rng.integers(120, 255)
+        pixels[i, ..., 2 if red else 0] = rng.integers(0, 60)
+        truth.append("red" if red else "blue")
+    result = int8.compare(color_bundle, pixels[:10], pixels, truth)
+    assert result["float"]["accuracy"] == 1.0  # the bundle's exact weights tell red from blue
+    assert 0.0 <= result["int8"]["accuracy"] <= 1.0 and 0.0 <= result["top1_agreement"] <= 1.0
+    assert result["int8"]["model_bytes"] > 0 and result["images"] == 40
+    wrong = ["blue" if t == "red" else "red" for t in truth]
+    assert int8.compare(color_bundle, pixels[:10], pixels, wrong)["float"]["accuracy"] == 0.0
+
+
+def test_int8_reads_the_grocery_splits_coarse_labels(tmp_path: Path) -> None:
+    (tmp_path / "classes.csv").write_text(
+        "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),x,y\n"
+        "Golden-Delicious,0,Apple,0,a,b\nGranny-Smith,1,Apple,0,a,b\nOat-Milk,2,Oatghurt,1,a,b\n"
+    )
+    (tmp_path / "test.txt").write_text("test/a/1.jpg, 0, 0\ntest/b/2.jpg, 2, 1\n")
+    assert int8.grocery_split(tmp_path, "test") == [
+        (tmp_path / "test/a/1.jpg", "Apple"),
+        (tmp_path / "test/b/2.jpg", "Oatghurt"),
+    ]
