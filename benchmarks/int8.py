@@ -122,12 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-dir", type=Path, default=GROCERY)
     ap.add_argument("--calibration", type=int, default=300, help="training photos, seeded")
     args = ap.parse_args(argv)
+    bundle = args.bundle.resolve()  # file:// URIs are absolute
     train = grocery_split(args.data_dir, "train")
     test = grocery_split(args.data_dir, "test")
     chosen = np.random.default_rng(0).choice(len(train), args.calibration, replace=False)
-    calibration = decode([train[i][0] for i in chosen], args.bundle)
-    pixels = decode([p for p, _ in test], args.bundle)
-    result = compare(args.bundle, calibration, pixels, [t for _, t in test])
+    calibration = decode([train[i][0] for i in chosen], bundle)
+    pixels = decode([p for p, _ in test], bundle)
+    result = compare(bundle, calibration, pixels, [t for _, t in test])
     print(json.dumps(result, indent=2))
     return 0
 
