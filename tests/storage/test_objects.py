@@ -404,6 +404,84 @@ def test_s3_an_answer_the_direct_get_may_have_caused_is_botocores_from_then_on(
     assert calls == ["x.png", "y.png"]
 
 
+def self_signed_cert(dest: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, PEM files in ``dest``."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = dest / "cert.pem", dest / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_s3_over_tls_trusts_only_what_boto3_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The direct GET uses boto3's own HTTP session: its CA bundle, its verification."""
+    import ssl
+
+    cert, key = self_signed_cert(tmp_path)
+    fake = FakeS3()
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    fake.server.socket = context.wrap_socket(fake.server.socket, server_side=True)
+    thread = threading.Thread(target=fake.server.serve_forever, daemon=True)
+    thread.start()
+    fake.script["/b/x.png"] = [("ok", b"image")]
+    point_boto3_at(monkeypatch, fake.endpoint.replace("http://", "https://"))
+    cfg = StorageConfig(max_attempts=2, connect_timeout_s=2.0, read_timeout_s=2.0)
+    try:
+        # Not trusted (boto3's default bundle does not hold this certificate): never the bytes.
+        objects.s3_client.cache_clear()
+        assert fetch_code("s3://b/x.png", cfg) is ErrorCode.FETCH_FAILED
+        assert fake.hits == []  # no request was ever answered over an unverified connection
+        # Trusted through the standard AWS setting: the direct GET alone fetches it.
+        monkeypatch.setenv("AWS_CA_BUNDLE", str(cert))
+        objects.s3_client.cache_clear()
+        calls: list[str] = []
+        for attempts in (1, 2):
+            objects.client_for(cfg, attempts).meta.events.register(
+                "before-parameter-build.s3.GetObject",
+                lambda params, **_: calls.append(params["Key"]),
+            )
+        assert fetch("s3://b/x.png", cfg) == b"image"
+        assert fake.hits == ["/b/x.png"] and calls == []
+    finally:
+        objects.s3_client.cache_clear()
+        fake.server.shutdown()
+        fake.server.server_close()
+
+
 def test_s3_closed_port_is_store_unavailable(monkeypatch: pytest.MonkeyPatch) -> None:
     """Refused connections concern the store, not the product: never a per-product code."""
     with socket.socket() as sock:
