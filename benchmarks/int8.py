@@ -31,28 +31,12 @@ def quantize(bundle: Path, calibration: np.ndarray) -> bytes:
     """The bundle's endpoint, its scaling folded in, as a full-integer TFLite model."""
     import tensorflow as tf
 
-    from prodclf.model.augment import scale_tf
     from prodclf.model.bundle import read_meta
+    from prodclf.model.lite import convert_endpoint
 
     meta = read_meta(f"file://{bundle}")
-    spec = meta.preprocessing
     loaded = tf.saved_model.load(str(bundle / "saved_model"))
-    endpoint = getattr(loaded, meta.endpoint)
-
-    @tf.function(input_signature=[tf.TensorSpec([None, *spec.shape], tf.uint8)])
-    def serve(pixels: Any) -> Any:
-        out = endpoint(scale_tf(pixels, spec.scale))
-        return next(iter(out.values())) if isinstance(out, dict) else out
-
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], loaded
-    )
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: (
-        [calibration[i : i + 1]] for i in range(len(calibration))
-    )
-    data: bytes = converter.convert()
-    return data
+    return convert_endpoint(getattr(loaded, meta.endpoint), meta.preprocessing, calibration)
 
 
 def score(model: bytes, pixels: np.ndarray, labels: list[str], truth: list[str]) -> dict[str, Any]:

@@ -29,8 +29,14 @@ LITE_FILE = "model.tflite"
 PARITY_TOLERANCE = 1e-3
 
 
-def convert_endpoint(endpoint: Any, spec: PreprocessSpec) -> bytes:
-    """The endpoint, behind the bundle's scaling, as a TFLite model taking uint8 pixels."""
+def convert_endpoint(
+    endpoint: Any, spec: PreprocessSpec, int8_calibration: np.ndarray | None = None
+) -> bytes:
+    """The endpoint, behind the bundle's scaling, as a TFLite model taking uint8 pixels.
+
+    ``int8_calibration`` (uint8 pixels): a full-integer quantization calibrated on them
+    instead (``benchmarks/int8.py`` measures what it costs in accuracy; bundles keep float).
+    """
     import tensorflow as tf
 
     from prodclf.model.augment import scale_tf
@@ -43,6 +49,12 @@ def convert_endpoint(endpoint: Any, spec: PreprocessSpec) -> bytes:
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [serve.get_concrete_function()], endpoint
     )
+    if int8_calibration is not None:
+        calibration = int8_calibration
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: (
+            [calibration[i : i + 1]] for i in range(len(calibration))
+        )
     data: bytes = converter.convert()
     return data
 
