@@ -346,8 +346,13 @@ def test_int8_compares_the_bundles_own_model_with_its_quantization(color_bundle:
         truth.append("red" if red else "blue")
     result = int8.compare(color_bundle, pixels[:10], pixels, truth)
     assert result["float"]["accuracy"] == 1.0  # the bundle's exact weights tell red from blue
-    assert 0.0 <= result["int8"]["accuracy"] <= 1.0 and 0.0 <= result["top1_agreement"] <= 1.0
-    assert result["int8"]["model_bytes"] > 0 and result["images"] == 40
+    for name in ("int8", "float16"):
+        assert 0.0 <= result[name]["accuracy"] <= 1.0
+        assert 0.0 <= result[name]["top1_agreement_with_float"] <= 1.0
+        assert result[name]["model_bytes"] > 0
+    assert result["images"] == 40
+    with pytest.raises(ValueError, match="none, int8 or float16"):
+        int8.quantize(color_bundle, "int4", pixels[:2])
     wrong = ["blue" if t == "red" else "red" for t in truth]
     assert int8.compare(color_bundle, pixels[:10], pixels, wrong)["float"]["accuracy"] == 0.0
 

@@ -30,12 +30,16 @@ PARITY_TOLERANCE = 1e-3
 
 
 def convert_endpoint(
-    endpoint: Any, spec: PreprocessSpec, int8_calibration: np.ndarray | None = None
+    endpoint: Any,
+    spec: PreprocessSpec,
+    quantization: str = "none",
+    calibration: np.ndarray | None = None,
 ) -> bytes:
     """The endpoint, behind the bundle's scaling, as a TFLite model taking uint8 pixels.
 
-    ``int8_calibration`` (uint8 pixels): a full-integer quantization calibrated on them
-    instead (``benchmarks/int8.py`` measures what it costs in accuracy; bundles keep float).
+    ``quantization``: ``none`` (what bundles carry), ``int8`` (full integer, calibrated on
+    ``calibration``, uint8 pixels) or ``float16`` (weights); ``benchmarks/int8.py`` measures
+    what each costs in accuracy.
     """
     import tensorflow as tf
 
@@ -49,12 +53,17 @@ def convert_endpoint(
     converter = tf.lite.TFLiteConverter.from_concrete_functions(
         [serve.get_concrete_function()], endpoint
     )
-    if int8_calibration is not None:
-        calibration = int8_calibration
+    if quantization == "int8":
+        if calibration is None:
+            raise ValueError("int8 quantization needs calibration pixels")
+        pixels = calibration
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: (
-            [calibration[i : i + 1]] for i in range(len(calibration))
-        )
+        converter.representative_dataset = lambda: ([pixels[i : i + 1]] for i in range(len(pixels)))
+    elif quantization == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization != "none":
+        raise ValueError(f"quantization must be none, int8 or float16, not {quantization!r}")
     data: bytes = converter.convert()
     return data
 
