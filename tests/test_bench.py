@@ -357,6 +357,27 @@ def test_int8_compares_the_bundles_own_model_with_its_quantization(color_bundle:
     assert int8.compare(color_bundle, pixels[:10], pixels, wrong)["float"]["accuracy"] == 0.0
 
 
+def float_tensors(model: bytes) -> int:
+    from prodclf.model.lite import interpreter_class
+
+    details = interpreter_class()(model_content=model).get_tensor_details()
+    return sum(d["dtype"] == np.float32 for d in details)
+
+
+def test_int8_keeps_the_most_disturbed_layers_in_float_when_asked(color_bundle: Path) -> None:
+    pixels = np.random.default_rng(1).integers(0, 256, size=(20, 8, 8, 3), dtype=np.uint8)
+    truth = ["red"] * 20
+    result = int8.compare(color_bundle, pixels[:10], pixels, truth, keep=(1, 2))
+    assert {"int8_float1", "int8_float2"} <= set(result)
+    models = int8.keep_float(color_bundle, pixels[:10], [1, 2])
+    full = int8.quantize(color_bundle, "int8", pixels[:10])
+    # each layer left in float computes in float: more float32 tensors in the model
+    assert float_tensors(full) < float_tensors(models[1]) < float_tensors(models[2])
+    assert result["int8_float2"]["top1_agreement_with_float"] >= 0.0
+    with pytest.raises(SystemExit):
+        int8.main(["--bundle", str(color_bundle), "--keep-float", "0"])
+
+
 def test_int8_reads_the_grocery_splits_coarse_labels(tmp_path: Path) -> None:
     (tmp_path / "classes.csv").write_text(
         "Class Name (str),Class ID (int),Coarse Class Name (str),Coarse Class ID (int),x,y\n"

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,19 @@ def convert_endpoint(
     ``calibration``, uint8 pixels) or ``float16`` (weights); ``benchmarks/int8.py`` measures
     what each costs in accuracy.
     """
+    converter = endpoint_converter(endpoint, spec, quantization, calibration)
+    data: bytes = converter.convert()
+    return data
+
+
+def endpoint_converter(
+    endpoint: Any,
+    spec: PreprocessSpec,
+    quantization: str = "none",
+    calibration: np.ndarray | None = None,
+) -> Any:
+    """The ``TFLiteConverter`` behind ``convert_endpoint``, not yet run (for TFLite's
+    quantization debugger, which takes a converter)."""
     import tensorflow as tf
 
     from prodclf.model.augment import scale_tf
@@ -56,16 +70,19 @@ def convert_endpoint(
     if quantization == "int8":
         if calibration is None:
             raise ValueError("int8 quantization needs calibration pixels")
-        pixels = calibration
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([pixels[i : i + 1]] for i in range(len(pixels)))
+        converter.representative_dataset = lambda: representative(calibration)
     elif quantization == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
     elif quantization != "none":
         raise ValueError(f"quantization must be none, int8 or float16, not {quantization!r}")
-    data: bytes = converter.convert()
-    return data
+    return converter
+
+
+def representative(pixels: np.ndarray) -> Iterator[list[np.ndarray]]:
+    """Calibration pixels one image at a time, as TFLite's converter reads them."""
+    return ([pixels[i : i + 1]] for i in range(len(pixels)))
 
 
 def parity_batch(spec: PreprocessSpec, rows: int = 4) -> np.ndarray:
