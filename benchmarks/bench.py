@@ -57,6 +57,8 @@ VARIANTS = (
     "ray/documented",
     "ray/prodclf",
 )
+#: Variants that differ from another only in how objects are fetched from S3.
+S3_ONLY_VARIANTS = ("prodclf/boto3",)
 S3A_JARS = [
     ROOT / ".cache/jars" / n for n in ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar")
 ]
@@ -137,7 +139,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=2048,
         help="the proxy answers repeated GETs from memory (0: moto answers each; s3serve.py)",
     )
-    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated")
+    ap.add_argument(
+        "--variants", default=None, help="comma-separated (default: all that apply to --storage)"
+    )
     ap.add_argument("--no-ray", action="store_true", help="leave the Ray peers out")
     ap.add_argument("--ray-python", default=str(ROOT / ".venv-ray/bin/python"))
     ap.add_argument("--cores", type=int, default=os.cpu_count() or 1, help="local[N], limits")
@@ -150,9 +154,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--workdir", default="bench-workdir")
     ap.add_argument("--write-readme", metavar="FILE", help="fill FILE's bench block")
     args = ap.parse_args(argv)
+    if args.variants is None:
+        s3_only = S3_ONLY_VARIANTS if args.storage == "file" else ()
+        args.variants = ",".join(v for v in VARIANTS if v not in s3_only)
     unknown = set(args.variants.split(",")) - set(VARIANTS)
     if unknown:
         ap.error(f"unknown variant(s) {sorted(unknown)}; known: {', '.join(VARIANTS)}")
+    if args.storage == "file" and set(args.variants.split(",")) & set(S3_ONLY_VARIANTS):
+        ap.error(f"{', '.join(S3_ONLY_VARIANTS)} compare(s) S3 fetches: use --storage s3")
     return args
 
 

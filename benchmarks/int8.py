@@ -30,17 +30,24 @@ ROOT = Path(__file__).resolve().parents[1]
 GROCERY = ROOT.parent / "shared" / "data" / "grocery-store" / "dataset"
 
 
-def quantize(bundle: Path, quantization: str, calibration: np.ndarray) -> bytes:
-    """The bundle's endpoint, its scaling folded in, quantized (``int8`` or ``float16``)."""
+def load(bundle: Path) -> tuple[Any, Any, Any]:
+    """The bundle's SavedModel, its endpoint and its preprocessing; keep the first alive while
+    the endpoint is used (it owns the variables)."""
     import tensorflow as tf
 
     from prodclf.model.bundle import read_meta
-    from prodclf.model.lite import convert_endpoint
 
     meta = read_meta(f"file://{bundle}")
     loaded = tf.saved_model.load(str(bundle / "saved_model"))
-    endpoint = getattr(loaded, meta.endpoint)
-    return convert_endpoint(endpoint, meta.preprocessing, quantization, calibration)
+    return loaded, getattr(loaded, meta.endpoint), meta.preprocessing
+
+
+def quantize(bundle: Path, quantization: str, calibration: np.ndarray) -> bytes:
+    """The bundle's endpoint, its scaling folded in, quantized (``int8`` or ``float16``)."""
+    from prodclf.model.lite import convert_endpoint
+
+    _loaded, endpoint, spec = load(bundle)
+    return convert_endpoint(endpoint, spec, quantization, calibration)
 
 
 def keep_float(bundle: Path, calibration: np.ndarray, counts: list[int]) -> dict[int, bytes]:
@@ -55,16 +62,13 @@ def keep_float(bundle: Path, calibration: np.ndarray, counts: list[int]) -> dict
 
     import tensorflow as tf
 
-    from prodclf.model.bundle import read_meta
     from prodclf.model.lite import endpoint_converter, representative
 
-    meta = read_meta(f"file://{bundle}")
-    loaded = tf.saved_model.load(str(bundle / "saved_model"))
-    endpoint = getattr(loaded, meta.endpoint)
-    converter = endpoint_converter(endpoint, meta.preprocessing, "int8", calibration)
+    _loaded, endpoint, spec = load(bundle)
+    int8_converter = endpoint_converter(endpoint, spec, "int8", calibration)
     sample = calibration[:50]
     debugger = tf.lite.experimental.QuantizationDebugger(
-        converter=converter, debug_dataset=lambda: representative(sample)
+        converter=int8_converter, debug_dataset=lambda: representative(sample)
     )
     debugger.run()
     dump = io.StringIO()
@@ -81,7 +85,7 @@ def keep_float(bundle: Path, calibration: np.ndarray, counts: list[int]) -> dict
             denylisted_nodes=[r["tensor_name"] for r in worst[:k]]
         )
         selective = tf.lite.experimental.QuantizationDebugger(
-            converter=converter,
+            converter=int8_converter,
             debug_dataset=lambda: representative(sample),
             debug_options=options,
         )

@@ -332,6 +332,25 @@ def test_catalog_cycles_over_the_uploaded_objects() -> None:
     assert np.isfinite(limits.limit_rate(1, 1, 1))
 
 
+# --- the command line ---------------------------------------------------------------------------
+
+
+def test_variants_that_only_compare_s3_fetches_are_left_out_of_file_runs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import bench
+
+    s3 = bench.parse_args([]).variants.split(",")
+    local = bench.parse_args(["--storage", "file"]).variants.split(",")
+    assert s3 == list(bench.VARIANTS)
+    assert local == [v for v in bench.VARIANTS if v != "prodclf/boto3"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--storage", "file", "--variants", "prodclf,prodclf/boto3"])
+    assert "prodclf/boto3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "prodclf,spark/magic"])
+
+
 # --- int8: what quantization would cost in accuracy ------------------------------------------
 
 
