@@ -18,7 +18,7 @@ import io
 import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -251,7 +251,27 @@ class PreparedBatch:
 def prepare_batch(
     uris: Iterable[object], spec: PreprocessSpec, storage: StorageConfig, pool: Executor
 ) -> PreparedBatch:
-    results = list(pool.map(lambda u: load_or_error(u, spec, storage), list(uris)))
+    """Fetch and decode a batch on ``pool`` and wait for all of it."""
+    return collect_batch(start_batch(uris, spec, storage, pool), spec)
+
+
+def start_batch(
+    uris: Iterable[object], spec: PreprocessSpec, storage: StorageConfig, pool: Executor
+) -> list[Future[np.ndarray | RowError]]:
+    """Queue every row's fetch and decode on ``pool`` now; ``collect_batch`` waits for them.
+
+    A batch started before the previous one is collected queues behind its rows, so the
+    pool's threads go on to the next batch's rows while the last slow fetches of this one
+    finish, instead of idling until the whole batch is done.
+    """
+    return [pool.submit(load_or_error, u, spec, storage) for u in uris]
+
+
+def collect_batch(
+    futures: list[Future[np.ndarray | RowError]], spec: PreprocessSpec
+) -> PreparedBatch:
+    """The started batch's pixels and errors, in row order, once every row is done."""
+    results = [f.result() for f in futures]
     ok_rows = [i for i, r in enumerate(results) if isinstance(r, np.ndarray)]
     errors = {i: r for i, r in enumerate(results) if isinstance(r, RowError)}
     if ok_rows:

@@ -23,7 +23,7 @@ import pandas as pd
 
 from prodclf.config import InferenceConfig, StorageConfig
 from prodclf.errors import ErrorCode, RowError
-from prodclf.images import PreparedBatch, prepare_batch
+from prodclf.images import PreparedBatch, collect_batch, start_batch
 from prodclf.model.bundle import BundleMeta, calibrate
 from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
 from prodclf.schemas import PREDICTION, STATUS_ERROR, STATUS_OK
@@ -167,20 +167,25 @@ def tag_batches(
     storage: StorageConfig,
     inference: InferenceConfig,
 ) -> Iterator[pd.DataFrame]:
-    """Tag a stream of Arrow batches, preparing batch i+1 while the model runs on batch i."""
+    """Tag a stream of Arrow batches, fetching and decoding batch i+1 while the model runs
+    on batch i (two batches in flight at most)."""
     spec = predictor.meta.preprocessing
-    with (
-        ThreadPoolExecutor(storage.fetch_concurrency, "prodclf-fetch") as pool,
-        ThreadPoolExecutor(1, "prodclf-prefetch") as ahead,
-    ):
-        pending = None
-        for uris in batches:
-            nxt = ahead.submit(prepare_batch, uris, spec, storage, pool)
+    with ThreadPoolExecutor(storage.fetch_concurrency, "prodclf-fetch") as pool:
+        try:
+            pending = None
+            for uris in batches:
+                started = start_batch(uris, spec, storage, pool)
+                if pending is not None:
+                    batch = collect_batch(pending, spec)
+                    yield finish_batch(batch, predictor.predict, predictor.meta, inference)
+                pending = started
             if pending is not None:
-                yield finish_batch(pending.result(), predictor.predict, predictor.meta, inference)
-            pending = nxt
-        if pending is not None:
-            yield finish_batch(pending.result(), predictor.predict, predictor.meta, inference)
+                batch = collect_batch(pending, spec)
+                yield finish_batch(batch, predictor.predict, predictor.meta, inference)
+        finally:
+            # A task that stops early (failed, killed, or a limit reached downstream) does
+            # not go on fetching rows nobody will read.
+            pool.shutdown(cancel_futures=True)
 
 
 # --- the UDF ---------------------------------------------------------------------------

@@ -338,13 +338,17 @@ def colour_model(x: np.ndarray) -> np.ndarray:
     return np.stack([p_red, 1 - p_red], axis=1)
 
 
-def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
-    bundle = BundleMeta(
+def colour_meta() -> BundleMeta:
+    return BundleMeta(
         model_name="c",
         model_version="1",
         labels=(Label("red", "1"), Label("blue", "2")),
         preprocessing=PreprocessSpec(4, 4, "rgb", "unit"),
     )
+
+
+def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
+    bundle = colour_meta()
     predictor = Predictor(bundle, RecordingPredict(colour_model))
     batches = [
         pd.Series([images["red"], images["missing"], images["blue"]]),
@@ -384,9 +388,9 @@ def test_the_next_batch_is_prepared_while_the_model_runs(
 
     started = [threading.Event() for _ in range(3)]
     calls = iter(range(3))
-    real = udf_module.prepare_batch
+    real = udf_module.start_batch
 
-    def prepare(uris: pd.Series, *args: Any) -> PreparedBatch:
+    def start(uris: pd.Series, *args: Any) -> Any:
         started[int(uris.name)].set()
         return real(uris, *args)
 
@@ -398,13 +402,8 @@ def test_the_next_batch_is_prepared_while_the_model_runs(
             overlapped.append(started[i + 1].wait(timeout=5))
         return colour_model(x)
 
-    monkeypatch.setattr(udf_module, "prepare_batch", prepare)
-    bundle = BundleMeta(
-        model_name="c",
-        model_version="1",
-        labels=(Label("red", "1"), Label("blue", "2")),
-        preprocessing=PreprocessSpec(4, 4, "rgb", "unit"),
-    )
+    monkeypatch.setattr(udf_module, "start_batch", start)
+    bundle = colour_meta()
     batches = [pd.Series([images[c]], name=str(i)) for i, c in enumerate(["red", "blue", "red"])]
     frames = list(
         tag_batches(
@@ -416,6 +415,75 @@ def test_the_next_batch_is_prepared_while_the_model_runs(
     )
     assert [f["category"][0] for f in frames] == ["red", "blue", "red"]
     assert overlapped == [True, True]
+
+
+def test_the_next_batchs_rows_start_while_this_batchs_slowest_row_is_still_fetched(
+    monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    """No barrier between batches: a thread freed by a fast row takes the next batch's row.
+
+    The slow row of batch 0 waits (up to 5 s) for batch 1's row to begin loading; if batch 1
+    were queued only once batch 0 is done, it could not begin, and the wait times out.
+    """
+    import threading
+
+    import prodclf.images as images_module
+
+    real = images_module.load_or_error
+    next_began = threading.Event()
+    waited: list[bool] = []
+
+    def load(uri: object, *args: Any) -> Any:
+        if uri == images["blue"]:
+            next_began.set()
+        if uri == images["corrupt"]:
+            waited.append(next_began.wait(timeout=5))
+        return real(uri, *args)
+
+    monkeypatch.setattr(images_module, "load_or_error", load)
+    bundle = colour_meta()
+    batches = [pd.Series([images["corrupt"], images["red"]]), pd.Series([images["blue"]])]
+    frames = list(
+        tag_batches(
+            iter(batches),
+            Predictor(bundle, colour_model),
+            StorageConfig(fetch_concurrency=2),
+            InferenceConfig(model_batch_size=2, top_k=1),
+        )
+    )
+    assert [(r.error_code, r.category) for f in frames for r in f.itertuples()] == [
+        ("undecodable_image", None),
+        (None, "red"),
+        (None, "blue"),
+    ]
+    assert waited == [True]
+
+
+def test_a_task_that_stops_early_cancels_the_rows_it_queued(
+    monkeypatch: pytest.MonkeyPatch, images: dict[str, str]
+) -> None:
+    import prodclf.images as images_module
+
+    real = images_module.load_or_error
+    loaded: list[object] = []
+
+    def load(uri: object, *args: Any) -> Any:
+        loaded.append(uri)
+        return real(uri, *args)
+
+    monkeypatch.setattr(images_module, "load_or_error", load)
+    predictor = Predictor(colour_meta(), colour_model)
+    many = pd.Series([images["red"]] * 200)
+    frames = tag_batches(
+        iter([pd.Series([images["blue"]]), many]),
+        predictor,
+        StorageConfig(fetch_concurrency=1),
+        InferenceConfig(model_batch_size=1, top_k=1),
+    )
+    first = next(frames)  # batch 0 tagged; batch 1's 200 rows are queued
+    assert first["category"].tolist() == ["blue"]
+    frames.close()  # Spark stops reading: the task is done or failed
+    assert len(loaded) < 1 + 200
 
 
 def test_tag_batches_of_nothing_yields_nothing() -> None:
