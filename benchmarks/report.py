@@ -46,6 +46,27 @@ def projection(
     ]
 
 
+def fixed_and_marginal(scale: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """The least-squares line ``seconds = fixed + images / marginal`` through the scale runs.
+
+    The fixed part is the job's own start (planning, the shuffle, each task's first batch),
+    the marginal rate what each further image costs: the per-image efficiency of a catalog
+    large enough for the fixed part not to count. None without two sizes or with a line
+    that does not rise.
+    """
+    points = [(float(s["images"]), float(s["seconds"])) for s in scale]
+    if len({n for n, _ in points}) < 2:
+        return None
+    mean_n = statistics.fmean(n for n, _ in points)
+    mean_t = statistics.fmean(t for _, t in points)
+    slope = sum((n - mean_n) * (t - mean_t) for n, t in points) / sum(
+        (n - mean_n) ** 2 for n, _ in points
+    )
+    if slope <= 0:
+        return None
+    return mean_t - slope * mean_n, 1 / slope
+
+
 def store_share(variant: dict[str, Any], cores: int) -> float | None:
     """Median share of the cores the S3 store (moto and the latency proxy, one process)
     used while the variant ran: on one machine it competes with the client for them."""
@@ -140,6 +161,16 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"| {s['images']} | {_fmt(s['images_per_s'])} | {_fmt(s['seconds'])} |" for s in scale
         ]
+        line = fixed_and_marginal(scale)
+        if line:
+            fixed, marginal = line
+            lines += [
+                "",
+                f"A least-squares line through these runs: a fixed part of {fixed:.1f} s per job "
+                f"and a marginal rate of {_fmt(marginal)} images/s"
+                + (f" ({marginal / lf_lite:.2f} of LF_lite)" if lf_lite else "")
+                + ".",
+            ]
     proj = results.get("projection") or []
     if proj:
         lines += [

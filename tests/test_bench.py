@@ -325,6 +325,27 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
         report.write_readme_block(readme, block)
 
 
+def test_the_scale_runs_give_the_jobs_fixed_part_and_its_marginal_rate() -> None:
+    # about 0.5 s of fixed part and 10 images/s, each run off the line by some noise
+    scale = [
+        {"images": 10, "seconds": 1.5, "images_per_s": 10 / 1.5},
+        {"images": 20, "seconds": 2.8, "images_per_s": 20 / 2.8},
+        {"images": 40, "seconds": 4.35, "images_per_s": 40 / 4.35},
+    ]
+    fixed, marginal = report.fixed_and_marginal(scale) or (0.0, 0.0)
+    assert fixed == pytest.approx(0.725)  # the least-squares line, worked out by hand
+    assert marginal == pytest.approx(1 / 0.0925)
+    exact = [{"images": n, "seconds": 0.5 + n / 10, "images_per_s": 0.0} for n in (10, 20, 40)]
+    assert report.fixed_and_marginal(exact) == pytest.approx((0.5, 10.0))
+    assert report.fixed_and_marginal(scale[:1]) is None
+    falling = [{"images": 10, "seconds": 2}, {"images": 20, "seconds": 1}]
+    assert report.fixed_and_marginal(falling) is None
+    flat = [{"images": 10, "seconds": 2}, {"images": 20, "seconds": 2}]
+    assert report.fixed_and_marginal(flat) is None
+    text = report.markdown({**_results(), "scale": exact})
+    assert "a fixed part of 0.5 s per job and a marginal rate of 10.0 images/s (0.80 of" in text
+
+
 def test_catalog_cycles_over_the_uploaded_objects() -> None:
     rows = __import__("photos").catalog_rows(["a", "b"], 5)
     assert [u for _, u in rows] == ["a", "b", "a", "b", "a"]
