@@ -347,22 +347,24 @@ def colour_meta() -> BundleMeta:
     )
 
 
+def tag_colours(
+    batches: list[pd.Series], predictor: Predictor, model_batch_size: int
+) -> list[pd.DataFrame]:
+    """``tag_batches`` over ``batches`` with two fetch threads and the top category only."""
+    storage = StorageConfig(fetch_concurrency=2)
+    inference = InferenceConfig(model_batch_size=model_batch_size, top_k=1)
+    return list(tag_batches(iter(batches), predictor, storage, inference))
+
+
 def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
-    bundle = colour_meta()
-    predictor = Predictor(bundle, RecordingPredict(colour_model))
+
+    predictor = Predictor(colour_meta(), RecordingPredict(colour_model))
     batches = [
         pd.Series([images["red"], images["missing"], images["blue"]]),
         pd.Series([images["blue"]]),
         pd.Series([images["corrupt"], images["red"]]),
     ]
-    frames = list(
-        tag_batches(
-            iter(batches),
-            predictor,
-            StorageConfig(fetch_concurrency=2),
-            InferenceConfig(model_batch_size=2, top_k=1),
-        )
-    )
+    frames = tag_colours(batches, predictor, model_batch_size=2)
     assert [len(f) for f in frames] == [3, 1, 2]
     got = [(r.status, r.error_code, r.category) for f in frames for r in f.itertuples()]
     assert got == [
@@ -403,16 +405,8 @@ def test_the_next_batch_is_prepared_while_the_model_runs(
         return colour_model(x)
 
     monkeypatch.setattr(udf_module, "start_batch", start)
-    bundle = colour_meta()
     batches = [pd.Series([images[c]], name=str(i)) for i, c in enumerate(["red", "blue", "red"])]
-    frames = list(
-        tag_batches(
-            iter(batches),
-            Predictor(bundle, predict),
-            StorageConfig(fetch_concurrency=2),
-            InferenceConfig(model_batch_size=1, top_k=1),
-        )
-    )
+    frames = tag_colours(batches, Predictor(colour_meta(), predict), model_batch_size=1)
     assert [f["category"][0] for f in frames] == ["red", "blue", "red"]
     assert overlapped == [True, True]
 
@@ -441,16 +435,8 @@ def test_the_next_batchs_rows_start_while_this_batchs_slowest_row_is_still_fetch
         return real(uri, *args)
 
     monkeypatch.setattr(images_module, "load_or_error", load)
-    bundle = colour_meta()
     batches = [pd.Series([images["corrupt"], images["red"]]), pd.Series([images["blue"]])]
-    frames = list(
-        tag_batches(
-            iter(batches),
-            Predictor(bundle, colour_model),
-            StorageConfig(fetch_concurrency=2),
-            InferenceConfig(model_batch_size=2, top_k=1),
-        )
-    )
+    frames = tag_colours(batches, Predictor(colour_meta(), colour_model), model_batch_size=2)
     assert [(r.error_code, r.category) for f in frames for r in f.itertuples()] == [
         ("undecodable_image", None),
         (None, "red"),
