@@ -357,7 +357,6 @@ def tag_colours(
 
 
 def test_tag_batches_streams_frames_in_order(images: dict[str, str]) -> None:
-
     predictor = Predictor(colour_meta(), RecordingPredict(colour_model))
     batches = [
         pd.Series([images["red"], images["missing"], images["blue"]]),
