@@ -44,10 +44,11 @@ def load(bundle: Path) -> tuple[Any, Any, Any]:
 
 def quantize(bundle: Path, quantization: str, calibration: np.ndarray) -> bytes:
     """The bundle's endpoint, its scaling folded in, quantized (``int8`` or ``float16``)."""
-    from prodclf.model.lite import convert_endpoint
+    from prodclf.model.lite import endpoint_converter
 
     _loaded, endpoint, spec = load(bundle)
-    return convert_endpoint(endpoint, spec, quantization, calibration)
+    data: bytes = endpoint_converter(endpoint, spec, quantization, calibration).convert()
+    return data
 
 
 def keep_float(bundle: Path, calibration: np.ndarray, counts: list[int]) -> dict[int, bytes]:

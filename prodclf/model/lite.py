@@ -30,31 +30,19 @@ LITE_FILE = "model.tflite"
 PARITY_TOLERANCE = 1e-3
 
 
-def convert_endpoint(
-    endpoint: Any,
-    spec: PreprocessSpec,
-    quantization: str = "none",
-    calibration: np.ndarray | None = None,
-) -> bytes:
-    """The endpoint, behind the bundle's scaling, as a TFLite model taking uint8 pixels.
-
-    ``quantization``: ``none`` (what bundles carry), ``int8`` (full integer, calibrated on
-    ``calibration``, uint8 pixels) or ``float16`` (weights); ``benchmarks/int8.py`` measures
-    what each costs in accuracy.
-    """
-    converter = endpoint_converter(endpoint, spec, quantization, calibration)
-    data: bytes = converter.convert()
-    return data
-
-
 def endpoint_converter(
     endpoint: Any,
     spec: PreprocessSpec,
     quantization: str = "none",
     calibration: np.ndarray | None = None,
 ) -> Any:
-    """The ``TFLiteConverter`` behind ``convert_endpoint``, not yet run (for TFLite's
-    quantization debugger, which takes a converter)."""
+    """TFLite's converter for the endpoint behind the bundle's scaling: uint8 pixels in.
+
+    ``quantization``: ``none`` (what bundles carry), ``int8`` (full integer, calibrated on
+    ``calibration``, uint8 pixels) or ``float16`` (weights); ``benchmarks/int8.py`` measures
+    what each costs in accuracy. ``.convert()`` gives the model's bytes; the converter itself
+    is what TFLite's quantization debugger takes.
+    """
     import tensorflow as tf
 
     from prodclf.model.augment import scale_tf
@@ -102,7 +90,7 @@ def lite_model_for(saved_model_dir: str, spec: PreprocessSpec, endpoint_name: st
     loaded = tf.saved_model.load(saved_model_dir)
     endpoint = getattr(loaded, endpoint_name)
     try:
-        data = convert_endpoint(endpoint, spec)
+        data: bytes = endpoint_converter(endpoint, spec).convert()
     except Exception as exc:  # the converter refuses ops it has no kernel for
         log.warning("no TFLite model in the bundle (conversion failed: %s)", str(exc)[:300])
         return None
