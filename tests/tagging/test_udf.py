@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -454,6 +455,8 @@ def test_a_task_that_stops_early_cancels_the_rows_it_queued(
 
     def load(uri: object, *args: Any) -> Any:
         loaded.append(uri)
+        if uri == images["red"]:
+            time.sleep(0.005)  # batch 1 takes a second: the cancel cannot lose the race
         return real(uri, *args)
 
     monkeypatch.setattr(images_module, "load_or_error", load)
