@@ -27,6 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -168,14 +170,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def time_peer(peer: Peer, sampler_root: int, marker: str, store: Any) -> dict[str, Any]:
     cpu0 = store.cpu_seconds() if store else 0.0
     with RssSampler(sampler_root, marker) as rss:
+        times0 = psutil.cpu_times()
         t0 = time.perf_counter()
         answer = peer.run()
         seconds = time.perf_counter() - t0
+        times1 = psutil.cpu_times()
     out: dict[str, Any] = {}
     if isinstance(answer, dict) and "seconds" in answer:
         seconds = answer["seconds"]  # the Ray peer times its own execution (steady rate)
         out["seconds_cold"] = answer.get("seconds_cold")
     out.update({"seconds": seconds, **rss.result()})
+    # Over the whole timed call: for Ray that includes its actors' start-up and warm rows.
+    out["busy_cores"] = report.busy_cores(times0, times1, psutil.cpu_count() or 1)
     if store:
         out["store_cpu_s"] = store.cpu_seconds() - cpu0
     return out
@@ -395,7 +401,7 @@ def run_comparison(
                 timings[name].append(t)
                 print(
                     f"  rep {rep + 1}/{args.reps} {name:>30}: {args.images / t['seconds']:8.1f} "
-                    f"images/s ({t['seconds']:.1f} s, "
+                    f"images/s ({t['seconds']:.1f} s, {t['busy_cores']:.2f} cores busy, "
                     f"worker RSS {t['peak_worker_rss_mib']:.0f} MiB)",
                     flush=True,
                 )

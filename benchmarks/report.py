@@ -67,6 +67,32 @@ def fixed_and_marginal(scale: list[dict[str, Any]]) -> tuple[float, float] | Non
     return mean_t - slope * mean_n, 1 / slope
 
 
+BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
+IDLE_FIELDS = ("idle", "iowait")
+
+
+def busy_cores(before: Any, after: Any, cores: int) -> float:
+    """Cores the whole machine kept busy on average between two ``psutil.cpu_times()``.
+
+    Whoever burnt them (the variant, the store, anything else) is not told apart: a
+    variant that waits (on I/O, a scheduler, a barrier) shows fewer than all the cores.
+    Guest time is part of user time in Linux's counters, so it is not added again.
+    """
+
+    def total(t: Any, fields: tuple[str, ...]) -> float:
+        return sum(getattr(t, f, 0.0) for f in fields)
+
+    busy = total(after, BUSY_FIELDS) - total(before, BUSY_FIELDS)
+    idle = total(after, IDLE_FIELDS) - total(before, IDLE_FIELDS)
+    return cores * busy / (busy + idle) if busy + idle > 0 else 0.0
+
+
+def median_busy_cores(variant: dict[str, Any]) -> float | None:
+    """Median over the variant's runs of the cores busy while it ran (older files: None)."""
+    values = [r["busy_cores"] for r in variant.get("runs") or [] if r.get("busy_cores") is not None]
+    return statistics.median(values) if values else None
+
+
 def store_share(variant: dict[str, Any], cores: int) -> float | None:
     """Median share of the cores the S3 store (moto and the latency proxy, one process)
     used while the variant ran: on one machine it competes with the client for them."""
@@ -108,8 +134,9 @@ def markdown(results: dict[str, Any]) -> str:
         + f"), {results['reps']} alternating repetitions.",
         "",
         "| variant | images/s median | min - max | E/LF | E/LF_lite | E/LF_lite, prodclf's fetch "
-        "| store's share of the cores | E/LF_lite, store excluded | peak worker RSS (MiB) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| store's share of the cores | E/LF_lite, store excluded | cores busy | "
+        "peak worker RSS (MiB) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     lf_lite = lim.get("LF_lite")
     lf_own = lim.get("LF_lite_prodclf_fetch")
@@ -122,10 +149,11 @@ def markdown(results: dict[str, Any]) -> str:
             f"{v['median'] / (lf_lite * (1 - share)):.2f}" if lf_lite and share is not None else ""
         )
         rss = v.get("peak_worker_rss_mib")
+        busy = median_busy_cores(v)
         lines.append(
             f"| {name} | {_fmt(v['median'])} | {_fmt(v['min'])} - {_fmt(v['max'])} | {ratio} "
             f"| {ratio_lite} | {ratio_own} | {'' if share is None else f'{share:.0%}'} "
-            f"| {excluded} "
+            f"| {excluded} | {_fmt(busy, 2)} "
             f"| {_fmt(rss, 0)} |"
         )
     if lim:

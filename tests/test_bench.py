@@ -300,6 +300,21 @@ def test_the_store_share_is_the_median_of_its_runs() -> None:
     assert report.store_share({"runs": [{"seconds": 1.0}]}, cores=2) is None
 
 
+def test_busy_cores_count_every_busy_state_once_and_idle_and_iowait_as_idle() -> None:
+    from collections import namedtuple
+
+    # Linux's counters as psutil names them; guest time is already inside user time.
+    Times = namedtuple("Times", "user nice system idle iowait irq softirq steal guest guest_nice")
+    before = Times(100, 0, 50, 1000, 10, 0, 0, 0, 0, 0)
+    # 10 s on 2 cores: 12 user (6 of it guest), 2 nice, 3 system, 1 irq+softirq, 2 idle-ish
+    after = Times(112, 2, 53, 1001, 11, 0.5, 0.5, 0, 6, 0)
+    assert report.busy_cores(before, after, cores=2) == pytest.approx(2 * 18 / 20)
+    assert report.busy_cores(before, before, cores=2) == 0.0
+    runs = [{"busy_cores": 1.9}, {"busy_cores": 1.5}, {"busy_cores": 1.7}, {}]
+    assert report.median_busy_cores({"runs": runs}) == 1.7
+    assert report.median_busy_cores({"runs": [{"seconds": 1.0}]}) is None
+
+
 def test_summary_is_median_and_spread_of_rates() -> None:
     s = report.summarize([1.0, 2.0, 4.0], 10)
     assert (s["min"], s["median"], s["max"]) == (2.5, 5.0, 10.0)
@@ -314,7 +329,7 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "old table" not in text
     assert text.startswith(f"# head\n\n{report.START}\n")
     assert text.endswith(f"{report.END}\n\ntail\n")
-    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 0.31 |  |  | 512 |" in text
+    assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 0.31 |  |  |  | 512 |" in text
     assert "LF_lite 12.5/s" in text
     assert "LF_lite with prodclf's fetch 16.0/s" in text
     assert "python benchmarks/bench.py --images 10" in text
