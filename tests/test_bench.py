@@ -5,6 +5,7 @@ No timing is asserted except the latency proxy's lower bound (it must really del
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ import pytest
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+import decode_parts  # noqa: E402
 import gpu  # noqa: E402
 import int8  # noqa: E402
 import limits  # noqa: E402
@@ -443,3 +445,39 @@ def test_int8_reads_the_grocery_splits_coarse_labels(tmp_path: Path) -> None:
         (tmp_path / "test/a/1.jpg", "Apple"),
         (tmp_path / "test/b/2.jpg", "Oatghurt"),
     ]
+
+
+# --- the decoder's parts ----------------------------------------------------------------
+
+
+def _jpeg(size: tuple[int, int], seed: int) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)  # smooth blocks compress like photos
+    img = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "size", [(1000, 1000), (900, 1000), (870, 600), (500, 460), (300, 2000), (2000, 1800)]
+)
+def test_the_draft_scale_is_the_one_pillow_picks(size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(_jpeg(size, 0)))
+    img.draft("RGB", (decode_parts.SIZE, decode_parts.SIZE))
+    scale = decode_parts.draft_scale(*size)
+    assert img.size == (-(-size[0] // scale), -(-size[1] // scale))
+
+
+def test_the_decoders_parts_compose_to_its_own_pixels() -> None:
+    blobs = [_jpeg((1000, 1000), 1), _jpeg((640, 480), 2), _jpeg((1200, 900), 3)]
+    out = decode_parts.measure(blobs, reps=1)
+    assert set(out["prodclf"]["parts_ms"]) == {"open", "decode", "resize", "array"}
+    assert all(ms > 0 for ms in out["prodclf"]["parts_ms"].values())
+    # The parts timed are the steps of the same computation, not a look-alike.
+    assert out["parts_reproduce_prodclf"] == {"mean_abs_diff": 0.0, "max_abs_diff": 0}
+    assert set(out["others"]) <= {"simplejpeg", "opencv"}
