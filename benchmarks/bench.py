@@ -246,21 +246,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if endpoint_env:
             endpoint_env.__enter__()
-        if not args.no_limits:
-            print("measuring the limit (D, M, F)", flush=True)
-            s3 = (uris, store.endpoint) if store else None
-            saved_model = str(bundle_dir / "saved_model")
+        readings: list[dict[str, Any]] = []
+
+        def read_limit(when: str) -> None:
+            print(f"measuring the limit (D, M, F), {when} the variants", flush=True)
             lite = bundle_dir / "model.tflite"
-            results["limits"] = limits.measure(
+            lim = limits.measure(
                 blobs,
-                saved_model,
+                str(bundle_dir / "saved_model"),
                 args.cores,
                 min(args.images, 2000),
-                s3,
+                (uris, store.endpoint) if store else None,
                 gpu=args.gpu,
                 lite_model=str(lite) if lite.exists() else None,
             )
-            lim = results["limits"]
+            readings.append(lim)
             print(
                 f"  D {lim['D']:.1f}/s  M {lim['M']:.1f}/s  F "
                 + (f"{lim['F']:.1f}/s" if lim["F"] else "-")
@@ -272,7 +272,14 @@ def main(argv: list[str] | None = None) -> int:
                 ),
                 flush=True,
             )
+
+        if not args.no_limits:
+            read_limit("before")
         run_comparison(args, wanted, ray_wanted, results, uris, files, bundle, store)
+        if not args.no_limits:
+            read_limit("after")
+            results["limits"] = limits.combine(readings)
+        report.set_ratios(results)
     finally:
         if endpoint_env:
             endpoint_env.__exit__(None, None, None)
@@ -414,12 +421,6 @@ def run_comparison(
             )
             summary["runs"] = runs
             summary["notes"] = by_name[name].notes
-            lim = results.get("limits") or {}
-            lf, lf_lite = lim.get("LF"), lim.get("LF_lite")
-            summary["E_over_LF"] = summary["median"] / lf if lf else None
-            summary["E_over_LF_lite"] = summary["median"] / lf_lite if lf_lite else None
-            own = lim.get("LF_lite_prodclf_fetch")
-            summary["E_over_LF_lite_prodclf_fetch"] = summary["median"] / own if own else None
             results["variants"][name] = summary
 
         sizes = [int(s) for s in args.scale.split(",") if s.strip()]

@@ -71,6 +71,18 @@ BUSY_FIELDS = ("user", "nice", "system", "irq", "softirq", "steal")
 IDLE_FIELDS = ("idle", "iowait")
 
 
+def set_ratios(results: dict[str, Any]) -> None:
+    """Each variant's median over the limits (``E_over_*``), once the limits are final."""
+    lim = results.get("limits") or {}
+    for v in results["variants"].values():
+        for key, limit in (
+            ("E_over_LF", "LF"),
+            ("E_over_LF_lite", "LF_lite"),
+            ("E_over_LF_lite_prodclf_fetch", "LF_lite_prodclf_fetch"),
+        ):
+            v[key] = v["median"] / lim[limit] if lim.get(limit) else None
+
+
 def busy_cores(before: Any, after: Any, cores: int) -> float:
     """Cores the whole machine kept busy on average between two ``psutil.cpu_times()``.
 
@@ -106,6 +118,18 @@ def store_share(variant: dict[str, Any], cores: int) -> float | None:
 
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "" if x is None else f"{x:,.{digits}f}"
+
+
+def _readings_note(lim: dict[str, Any]) -> str:
+    readings = lim.get("readings") or []
+    if len(readings) < 2:
+        return ""
+    key = "LF_lite" if lim.get("LF_lite") else "LF"
+    each = " and ".join(f"{_fmt(r.get(key))}/s" for r in readings)
+    return (
+        f" Each rate is the best of {len(readings)} readings, before and after the variants "
+        f"({key} from each reading alone: {each})."
+    )
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -181,7 +205,8 @@ def markdown(results: dict[str, Any]) -> str:
                 f"LF_lite with prodclf's fetch {_fmt(lf_own)}/s."
                 if lf_own
                 else ""
-            ),
+            )
+            + _readings_note(lim),
         ]
     scale = results.get("scale") or []
     if scale:

@@ -296,6 +296,22 @@ def _results() -> dict[str, Any]:
     }
 
 
+def test_the_limit_keeps_each_rates_best_reading_and_recomputes_the_limits() -> None:
+    first = {"cores": 2, "D": 100.0, "M": 50.0, "F": 400.0, "M_lite": 100.0, "F_prodclf": 800.0}
+    second = {"cores": 2, "D": 80.0, "M": 100.0, "F": 200.0, "M_lite": 80.0, "F_prodclf": 400.0}
+    lim = limits.combine([first, second])
+    assert (lim["D"], lim["M"], lim["F"], lim["M_lite"]) == (100.0, 100.0, 400.0, 100.0)
+    assert lim["LF"] == pytest.approx(1 / (1 / 100 + 1 / 100 + 1 / 400))
+    assert lim["LF_lite"] == pytest.approx(1 / (1 / 100 + 1 / 100 + 1 / 400))
+    assert lim["LF_lite_prodclf_fetch"] == pytest.approx(1 / (1 / 100 + 1 / 100 + 1 / 800))
+    assert lim["readings"] == [first, second]
+    results = {"variants": {"prodclf": {"median": 40.0}}, "limits": lim}
+    report.set_ratios(results)
+    assert results["variants"]["prodclf"]["E_over_LF"] == pytest.approx(40 * 0.0225)
+    with pytest.raises(ValueError):
+        limits.combine([])
+
+
 def test_the_store_share_is_the_median_of_its_runs() -> None:
     runs = [{"seconds": 10.0, "store_cpu_s": 5.0}, {"seconds": 4.0, "store_cpu_s": 4.0}, {}]
     assert report.store_share({"runs": runs}, cores=2) == pytest.approx(0.375)
@@ -334,6 +350,13 @@ def test_readme_block_is_replaced_between_the_markers(tmp_path: Path) -> None:
     assert "| prodclf | 5.0 | 2.5 - 10.0 | 0.50 | 0.40 | 0.31 |  |  |  | 512 |" in text
     assert "LF_lite 12.5/s" in text
     assert "LF_lite with prodclf's fetch 16.0/s" in text
+    assert "readings" not in text  # one reading: nothing to say
+    results = _results()
+    results["limits"]["readings"] = [{"LF_lite": 11.0}, {"LF_lite": 12.5}]
+    assert (
+        "Each rate is the best of 2 readings, before and after the variants (LF_lite from "
+        "each reading alone: 11.0/s and 12.5/s)." in report.markdown(results)
+    )
     assert "python benchmarks/bench.py --images 10" in text
     report.write_readme_block(readme, block)  # idempotent
     assert readme.read_text() == text
