@@ -10,8 +10,9 @@
 * M_lite: the same on the bundle's LiteRT model (``model.tflite``, uint8 in, XNNPACK), which
   prodclf's CPU workers run (``inference.engine: auto``); LF_lite uses it instead of M.
 * F: the client-side CPU cost of fetching an object with boto3 (GETs of the catalog's objects
-  through the latency proxy, concurrent), in CPU seconds per object of this process alone;
-  the store runs in another process and its CPU is not counted. F = cores / that cost.
+  through the latency proxy, concurrent), in CPU seconds per object of a fresh process that
+  does nothing else; the store runs in another process and its CPU is not counted.
+  F = cores / that cost.
 * LF = 1 / (1/D + 1/M + 1/F): the images per second the cores allow when each image needs
   one decode, one model row and one fetch and the three are spread perfectly over the cores.
 
@@ -191,6 +192,18 @@ def fetch_cost(
             objects.s3_client.cache_clear()
 
 
+def fetch_cost_alone(uris: list[str], endpoint: str, via: str = "boto3") -> dict[str, float]:
+    """``fetch_cost`` in a fresh process of its own.
+
+    Its CPU is the whole process's: in the harness's own process it would also count the
+    garbage collector walking everything the variants left on the heap (the after-reading
+    measured twice the CPU per object there).
+    """
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(1, ctx) as pool:
+        return pool.submit(fetch_cost, uris, endpoint, 16, via).result()
+
+
 def _timed_gets(get: Any, refs: list[list[str]], threads: int) -> dict[str, float]:
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(get, refs[: threads * 2]))  # connections open, botocore loaded
@@ -231,10 +244,10 @@ def measure(
     }
     if s3 is not None:
         uris, endpoint = s3
-        cost = fetch_cost(uris[:images], endpoint)
+        cost = fetch_cost_alone(uris[:images], endpoint)
         out["fetch"] = cost
         out["F"] = cores / cost["cpu_s_per_object"]
-        own = fetch_cost(uris[:images], endpoint, via="prodclf")
+        own = fetch_cost_alone(uris[:images], endpoint, via="prodclf")
         out["fetch_prodclf"] = own
         out["F_prodclf"] = cores / own["cpu_s_per_object"]
     out["LF"] = limit_rate(d, m, out["F"])

@@ -148,6 +148,9 @@ def test_the_fetch_cost_reads_every_object_whole(s3_endpoint: str, s3: Any, via:
     assert cost["mean_object_bytes"] == pytest.approx(sum(sizes) / 3)
     assert cost["cpu_s_per_object"] > 0
     assert os.environ.get("AWS_ENDPOINT_URL_S3") == before  # the settings are restored
+    # The limit's reading runs it in a spawned process, away from the harness's heap.
+    alone = limits.fetch_cost_alone(uris, s3_endpoint, via=via)
+    assert alone["mean_object_bytes"] == pytest.approx(sum(sizes) / 3)
 
 
 # --- fair peers: the object warmed is the object timed ---------------------------------------
