@@ -195,9 +195,10 @@ def fetch_cost(
 def fetch_cost_alone(uris: list[str], endpoint: str, via: str = "boto3") -> dict[str, float]:
     """``fetch_cost`` in a fresh process of its own.
 
-    Its CPU is the whole process's: in the harness's own process it would also count the
-    garbage collector walking everything the variants left on the heap (the after-reading
-    measured twice the CPU per object there).
+    Its CPU is the whole process's. In the harness's own process it also counted whatever
+    that process carries (its threads, a heap holding the variants' leftovers for the
+    garbage collector to walk): there, the reading after the variants measured twice the
+    CPU per object of the one before them.
     """
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(1, ctx) as pool:
