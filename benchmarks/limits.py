@@ -282,7 +282,8 @@ RATES = (
 
 def combine(readings: list[dict[str, Any]]) -> dict[str, Any]:
     """One limit from several ``measure`` readings: each rate at its best over the readings,
-    the limits (LF, LF_lite, ...) computed again from those; the readings are kept."""
+    the limits (LF, LF_lite, ...) computed again from those; the readings are kept whole
+    (the other entries, such as the fetch details, are the first reading's)."""
     if not readings:
         raise ValueError("no readings to combine")
     out = dict(readings[0])
