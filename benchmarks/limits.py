@@ -175,12 +175,14 @@ def fetch_cost(
     from prodclf.storage import objects
     from prodclf.storage.uris import parse_uri
 
-    client = s3_client(endpoint, pool=threads)
+    if via not in ("boto3", "prodclf"):
+        raise ValueError(f"via must be boto3 or prodclf, not {via!r}")
+    client = s3_client(endpoint, pool=threads) if via == "boto3" else None
     refs = [u[len("s3://") :].split("/", 1) for u in uris]
     cfg = StorageConfig(fetch_concurrency=threads)
 
     def get(ref: list[str]) -> int:
-        if via == "prodclf":
+        if client is None:
             return len(objects.fetch_image_bytes(parse_uri(f"s3://{ref[0]}/{ref[1]}"), cfg))
         return len(client.get_object(Bucket=ref[0], Key=ref[1])["Body"].read())
 

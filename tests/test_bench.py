@@ -151,6 +151,8 @@ def test_the_fetch_cost_reads_every_object_whole(s3_endpoint: str, s3: Any, via:
     # The limit's reading runs it in a spawned process, away from the harness's heap.
     alone = limits.fetch_cost_alone(uris, s3_endpoint, via=via)
     assert alone["mean_object_bytes"] == pytest.approx(sum(sizes) / 3)
+    with pytest.raises(ValueError, match="via must be"):
+        limits.fetch_cost(uris, s3_endpoint, via="curl")
 
 
 # --- fair peers: the object warmed is the object timed ---------------------------------------
