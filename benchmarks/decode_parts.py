@@ -30,16 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from decoders import SIZE, prodclf_decode
 
 ROOT = Path(__file__).resolve().parents[1]
-SIZE = 224
-MAX_PIXELS = 50_000_000
-
-
-def _spec() -> Any:
-    from prodclf.images import PreprocessSpec
-
-    return PreprocessSpec(SIZE, SIZE, "rgb", "symmetric")
 
 
 def pillow_parts() -> dict[str, Callable[[Any], Any]]:
@@ -152,14 +145,7 @@ def difference(a: list[np.ndarray], b: list[np.ndarray]) -> dict[str, float]:
 
 def measure(blobs: list[bytes], reps: int = 3) -> dict[str, Any]:
     """Timings of prodclf's decoder, its parts and the other decoders on ``blobs``."""
-    from prodclf.images import decode_to_uint8
-
-    spec = _spec()
-
-    def prodclf(data: bytes) -> np.ndarray:
-        return decode_to_uint8(data, spec, MAX_PIXELS)
-
-    reference = [prodclf(b) for b in blobs]
+    reference = [prodclf_decode(b) for b in blobs]
     parts = pillow_parts()
     opened, decoded, resized, array = (parts[k] for k in ("open", "decode", "resize", "array"))
     # Pillow's draft and load change an image in place, so the decode is timed on freshly
@@ -174,7 +160,7 @@ def measure(blobs: list[bytes], reps: int = 3) -> dict[str, Any]:
     out: dict[str, Any] = {
         "images": len(blobs),
         "mean_kib": sum(map(len, blobs)) / len(blobs) / 1024,
-        "prodclf": {"ms": best_ms(prodclf, blobs, reps), "parts_ms": stages},
+        "prodclf": {"ms": best_ms(prodclf_decode, blobs, reps), "parts_ms": stages},
         "parts_reproduce_prodclf": difference(values, reference),
         "others": {},
         "versions": versions(),
