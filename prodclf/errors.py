@@ -1,13 +1,15 @@
 """Named errors and the row-level error codes of the commodity library.
 
-Two kinds of failure exist. A *refusal* (``ProdclfError`` and subclasses) stops a
+Three kinds of failure exist. A *refusal* (``ProdclfError`` and subclasses) stops a
 command before any work starts, with one line naming what is wrong. A *row error*
 (``RowError``) concerns one product: it becomes an ``status=error`` row carrying one of
-the ``ErrorCode`` values below, and the run goes on.
+the ``ErrorCode`` values below, and the run goes on. A *worker setup error*
+(``WorkerSetupError``) is a worker that cannot tag at all; it fails the run (``RunFailed``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from enum import Enum
 
@@ -71,6 +73,43 @@ class SchemaMismatch(InputError):
 
 class ModelBundleError(ProdclfError):
     """The model bundle cannot be read or does not follow the bundle contract."""
+
+
+class WorkerSetupError(RuntimeError):
+    """A Python worker cannot tag anything: its environment is wrong, not a product.
+
+    Raised on a worker, it fails the task (Spark retries it, then aborts the job) instead
+    of becoming error rows; the driver finds it in the job's failure (``worker_setup_error``)
+    and fails the run with its one line.
+    """
+
+
+class GpuUnavailable(WorkerSetupError):
+    """Spark gave the task a GPU that TensorFlow in the worker cannot use.
+
+    TensorFlow would otherwise place the model on the CPU without a word (soft placement):
+    a run on a GPU cluster many times slower than planned, looking healthy.
+    """
+
+
+def worker_setup_error(failure: str) -> str | None:
+    """``Name: message`` of the first ``WorkerSetupError`` in a Spark job's failure text.
+
+    A worker's exception reaches the driver only as text (the Python traceback inside the
+    JVM's stage-failure message), its last line ``prodclf.errors.Name: message``.
+    """
+    names = {cls.__name__ for cls in _subclasses(WorkerSetupError)}
+    for match in re.finditer(r"prodclf\.errors\.(\w+): ([^\n]*)", failure):
+        if match.group(1) in names:
+            return f"{match.group(1)}: {match.group(2).strip()}"
+    return None
+
+
+def _subclasses(cls: type[WorkerSetupError]) -> list[type[WorkerSetupError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_subclasses(sub))
+    return out
 
 
 class ErrorCode(str, Enum):

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from prodclf.errors import GpuUnavailable
 from prodclf.model.augment import scale_tf
 from prodclf.model.bundle import SAVED_MODEL_DIR, BundleMeta, read_meta
 from prodclf.storage import objects
@@ -116,7 +117,12 @@ def load_predictor(
             log.info("loaded model %s %s on cpu (LiteRT)", meta.model_name, meta.model_version)
             return Predictor(meta, lite)
     tf = import_tensorflow(gpus, use_gpu, threads)
-    device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES")) if use_gpu else None
+    device = None
+    if use_gpu and gpus:
+        seen = len(tf.config.list_physical_devices("GPU"))
+        device = gpu_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), seen)
+    elif use_gpu:
+        device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     with tf.device(device) if device else contextlib.nullcontext():
         loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)
@@ -167,6 +173,23 @@ def tf_device(gpus: tuple[str, ...], visible: str | None) -> str | None:
         if address in ids:
             return f"/GPU:{ids.index(address)}"
     return f"/GPU:{address}" if address.isdigit() else None
+
+
+def gpu_device(gpus: tuple[str, ...], visible: str | None, seen: int) -> str:
+    """The TensorFlow device of the GPU Spark gave the task; ``GpuUnavailable`` when
+    TensorFlow (which sees ``seen`` GPUs) cannot place the model on it.
+
+    Without this check TensorFlow's soft placement would run the model on the CPU.
+    """
+    device = tf_device(gpus, visible)
+    if device is None or int(device.rsplit(":", 1)[1]) >= seen:
+        shown = f" of CUDA_VISIBLE_DEVICES={visible}" if visible else ""
+        raise GpuUnavailable(
+            f"Spark gave this task GPU {','.join(gpus)}, but TensorFlow in the worker sees "
+            f"{seen} GPU(s){shown}: the executors need tensorflow[and-cuda] and an NVIDIA "
+            "driver (infra/package.sh --gpu), or set inference.use_gpu: false"
+        )
+    return device
 
 
 def tf_thread_count(threads: int) -> int:

@@ -283,7 +283,7 @@ def tag_run(
         f"run {cfg.run_id}",
     )
     t0 = time.perf_counter()
-    with progress:
+    with progress, checks.worker_setup_fails_run(cfg.run_id):
         # Rows are judged (error rates) before anything of the run is written.
         rows = checks.gate_error_rates(rows, cfg.run_id, chosen.total, cfg.checks)
         tables.write_history_run(rows, out, s3)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,6 +38,7 @@ JOB = ROOT / "jobs" / "tag_catalog.py"
 RUN_DATE = "2024-05-01"
 START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 240
+FAKE_GPUS = ["0", "1"]
 
 
 @dataclass
@@ -44,6 +47,7 @@ class Cluster:
     webui: str
     work_dir: Path
     logs: dict[str, Path]
+    gpu_discovery: Path
 
     def state(self) -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.webui}/json/", timeout=5) as resp:
@@ -97,7 +101,18 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port, master_ui, worker_ui = _free_port(), _free_port(), _free_port()
     master_url = f"spark://127.0.0.1:{port}"
     spark_class = str(SPARK_HOME / "bin" / "spark-class")
-    env = {**_base_env(), "SPARK_WORKER_DIR": str(work_dir), "SPARK_DAEMON_MEMORY": "512m"}
+    # The worker "has" two GPUs: its discovery script says so, and no GPU is there. Spark
+    # schedules them all the same, so the GPU path is driven up to TensorFlow.
+    gpus = root / "two-fake-gpus.sh"
+    gpus.write_text(f"#!/bin/sh\necho '{json.dumps({'name': 'gpu', 'addresses': FAKE_GPUS})}'\n")
+    gpus.chmod(0o755)
+    env = {
+        **_base_env(),
+        "SPARK_WORKER_DIR": str(work_dir),
+        "SPARK_DAEMON_MEMORY": "512m",
+        "SPARK_WORKER_OPTS": f"-Dspark.worker.resource.gpu.amount={len(FAKE_GPUS)} "
+        f"-Dspark.worker.resource.gpu.discoveryScript={gpus}",
+    }
     commands = {
         "master": [
             spark_class,
@@ -126,7 +141,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         ],
     }
     logs = {name: root / f"{name}.log" for name in commands}
-    cl = Cluster(master_url, f"http://127.0.0.1:{master_ui}", work_dir, logs)
+    cl = Cluster(master_url, f"http://127.0.0.1:{master_ui}", work_dir, logs, gpus)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, cmd in commands.items():
@@ -328,3 +343,58 @@ def test_refusal_through_spark_submit(cluster: Cluster, color_bundle: Path, tmp_
     # Refused before any SparkSession: nothing was submitted to the master.
     assert len(cluster.state().get("completedapps", [])) == apps_before
     assert not cluster.state().get("activeapps")
+
+
+def test_a_gpu_task_without_a_usable_gpu_fails_the_run(
+    cluster: Cluster, color_bundle: Path, tmp_path: Path
+) -> None:
+    """Submitted as in production (``infra/submit.sh``, ``PRODCLF_GPU=1``) to a worker whose
+    GPUs TensorFlow cannot use (tensorflow-cpu here): each task gets a GPU from Spark, and
+    the run fails in one line instead of tagging on the CPU as if nothing were wrong."""
+    base, _ = build_catalog(tmp_path, n_ok=16)
+    commodity = tmp_path / "commodity"
+    run_id = "cluster-gpu-1"
+    # The packed environment is not needed on this machine (the executors run this
+    # virtualenv's Python, set last below), but submit.sh ships one: an empty archive.
+    archive = tmp_path / "env.tar.gz"
+    with tarfile.open(archive, "w:gz"):
+        pass
+    env = {
+        **_base_env(),
+        "PRODCLF_MASTER": cluster.master_url,
+        "PRODCLF_ENV_ARCHIVE": str(archive),
+        "PRODCLF_DRIVER_PYTHON": sys.executable,
+        "PRODCLF_EXECUTOR_CORES": "2",
+        "PRODCLF_EXECUTOR_MEMORY": "1g",
+        "PRODCLF_EXECUTOR_MEMORY_OVERHEAD": "512m",
+        "PRODCLF_DRIVER_MEMORY": "1g",
+        "PRODCLF_GPU": "1",
+        "PRODCLF_GPU_DISCOVERY_SCRIPT": str(cluster.gpu_discovery),
+        # No task retries: each attempt would fail the same way, only later.
+        "PRODCLF_SPARK_ARGS": f"--conf spark.pyspark.python={sys.executable} "
+        "--conf spark.driver.host=127.0.0.1 --conf spark.ui.enabled=false "
+        "--conf spark.cores.max=2 --conf spark.task.maxFailures=1",
+    }
+    cmd = [
+        str(ROOT / "infra" / "submit.sh"),
+        *("--base-library", str(base), "--commodity-library", str(commodity)),
+        *("--model", str(color_bundle), "--run-date", RUN_DATE, "--run-id", run_id),
+    ]
+    result = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 3, output[-6000:] + cluster.log_tails()
+    errors = [ln for ln in output.splitlines() if ln.startswith("prodclf: error:")]
+    assert len(errors) == 1, output[-6000:]
+    assert re.fullmatch(
+        rf"prodclf: error: run {run_id} failed, nothing published: GpuUnavailable: Spark gave "
+        r"this task GPU [01], but TensorFlow in the worker sees 0 GPU\(s\): .*"
+        r"or set inference.use_gpu: false",
+        errors[0],
+    ), errors[0]
+    assert not (commodity / "_runs" / f"{run_id}.json").exists()
+    assert not list((commodity / "tags_history").glob(f"**/run_id={run_id}/*.parquet"))
+    app = _app(cluster, f"prodclf-tag-{run_id}")
+    assert app["cores"] == 2

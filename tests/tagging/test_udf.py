@@ -19,7 +19,7 @@ import pytest
 from conftest import COLORS, jpeg_bytes, png_bytes
 
 from prodclf.config import InferenceConfig, StorageConfig
-from prodclf.errors import ErrorCode, RowError
+from prodclf.errors import ErrorCode, GpuUnavailable, RowError
 from prodclf.images import PreparedBatch, PreprocessSpec, prepare_batch
 from prodclf.model import runtime
 from prodclf.model.bundle import BundleMeta, Label
@@ -591,6 +591,31 @@ def test_tf_device_maps_spark_addresses(
     gpus: tuple[str, ...], visible: str | None, device: str | None
 ) -> None:
     assert tf_device(gpus, visible) == device
+
+
+@pytest.mark.parametrize(
+    ("gpus", "visible", "seen", "device"),
+    [
+        (("0",), None, 1, "/GPU:0"),
+        (("3",), "2,3", 2, "/GPU:1"),
+        (("0",), None, 0, None),  # tensorflow-cpu, or no driver: soft placement = the CPU
+        (("1",), None, 1, None),  # a GPU TensorFlow does not have
+        (("3",), "0,1", 2, None),  # hidden from TensorFlow by CUDA_VISIBLE_DEVICES
+        (("GPU-uuid",), None, 1, None),
+    ],
+)
+def test_a_gpu_tensorflow_cannot_use_is_refused(
+    gpus: tuple[str, ...], visible: str | None, seen: int, device: str | None
+) -> None:
+    if device is not None:
+        assert runtime.gpu_device(gpus, visible, seen) == device
+        return
+    with pytest.raises(GpuUnavailable) as info:
+        runtime.gpu_device(gpus, visible, seen)
+    message = str(info.value)
+    assert message.startswith(f"Spark gave this task GPU {gpus[0]}, but TensorFlow")
+    assert f"sees {seen} GPU(s)" in message
+    assert (f"CUDA_VISIBLE_DEVICES={visible}" in message) == (visible is not None)
 
 
 # --- the per-worker predictor cache -------------------------------------------------------
