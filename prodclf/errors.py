@@ -9,8 +9,9 @@ the ``ErrorCode`` values below, and the run goes on. A *worker setup error*
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from enum import Enum
 
 
@@ -92,6 +93,14 @@ class GpuUnavailable(WorkerSetupError):
     """
 
 
+class VersionSkew(WorkerSetupError):
+    """The executors run other prodclf code than the driver (a stale environment archive).
+
+    Preprocessing, labels and row contracts live in that code: mixed versions would tag
+    with a contract the driver does not know, and the run would look complete.
+    """
+
+
 def worker_setup_error(failure: str) -> str | None:
     """``Name: message`` of the first ``WorkerSetupError`` in a Spark job's failure text.
 
@@ -103,6 +112,23 @@ def worker_setup_error(failure: str) -> str | None:
         if match.group(1) in names:
             return f"{match.group(1)}: {match.group(2).strip()}"
     return None
+
+
+@contextlib.contextmanager
+def worker_setup_fails_run(what: str) -> Iterator[None]:
+    """Turn a Spark job aborted by a ``WorkerSetupError`` into ``RunFailed`` with its line.
+
+    The worker's exception reaches the driver inside the JVM's stage failure, with every
+    task attempt's traceback; the operator needs its one line, and exit 3 (the run failed,
+    nothing published), not a page of Java and Python frames. ``what``: "run R", ...
+    """
+    try:
+        yield
+    except Exception as exc:
+        cause = worker_setup_error(str(exc))
+        if cause is None:
+            raise
+        raise RunFailed(f"{what} failed, nothing published: {cause}") from exc
 
 
 def _subclasses(cls: type[WorkerSetupError]) -> list[type[WorkerSetupError]]:

@@ -8,7 +8,10 @@ none of them, so the check is cheap and runs before any Spark work.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from importlib import metadata
+from pathlib import Path
 
 from prodclf.errors import ProdclfError
 
@@ -55,3 +58,33 @@ def require_training() -> None:
     problem = training_problem()
     if problem:
         raise MissingExtra(f"prodclf train cannot run here: {problem}; {TRAIN_INSTALL_HINT}")
+
+
+# --- the same prodclf on the driver and the executors ---------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def code_identity(root: Path | None = None) -> str:
+    """This installation's prodclf: its version and a digest of its Python sources.
+
+    The digest catches what the version does not: an environment archive packed from
+    another commit with the version unchanged. Installs of the same sources (an editable
+    checkout on the driver, the wheel on the executors) have the same digest; one with no
+    ``.py`` files (byte code only) is known by its version alone.
+    """
+    import prodclf
+
+    base = root or Path(prodclf.__file__).resolve().parent
+    digest = hashlib.sha256()
+    files = sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts)
+    for path in files:
+        digest.update(path.relative_to(base).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return f"{prodclf.__version__}+{digest.hexdigest()[:12]}" if files else prodclf.__version__
+
+
+def skew(driver: str, worker: str) -> bool:
+    """Whether two ``code_identity`` values are other code (digests count when both have one)."""
+    if "+" in driver and "+" in worker:
+        return driver != worker
+    return driver.split("+", 1)[0] != worker.split("+", 1)[0]

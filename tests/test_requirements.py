@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import prodclf
 from prodclf import requirements
 from prodclf.cli import main
 
@@ -91,3 +92,46 @@ def test_this_environment_is_refused_exactly_when_petastorm_is_missing(tmp_path:
     assert (HINT in lines[0]) is missing, lines[0]
     if not missing:
         assert "base library" in lines[0]
+
+
+# --- the same code on the driver and the executors ------------------------------------------
+
+
+def _package(root: Path, **files: str) -> Path:
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+def test_code_identity_is_the_version_and_a_digest_of_the_sources(tmp_path: Path) -> None:
+    files = {"__init__.py": "x = 1\n", "tagging/udf.py": "y = 2\n"}
+    a = requirements.code_identity.__wrapped__(_package(tmp_path / "a", **files))
+    b = requirements.code_identity.__wrapped__(_package(tmp_path / "b", **files))
+    assert a == b and a.startswith(f"{prodclf.__version__}+")
+    # Byte code and other files do not count; a changed source does.
+    _package(tmp_path / "b", **{"tagging/__pycache__/udf.cpython-311.py": "z", "data.txt": "z"})
+    assert requirements.code_identity.__wrapped__(tmp_path / "b") == a
+    _package(tmp_path / "b", **{"tagging/udf.py": "y = 3\n"})
+    assert requirements.code_identity.__wrapped__(tmp_path / "b") != a
+    # A file moved to another module is other code, even with the same bytes.
+    moved = _package(tmp_path / "c", **{"__init__.py": "x = 1\n", "udf.py": "y = 2\n"})
+    assert requirements.code_identity.__wrapped__(moved) != a
+    # Without sources (byte code only): the version alone.
+    (tmp_path / "d").mkdir()
+    assert requirements.code_identity.__wrapped__(tmp_path / "d") == prodclf.__version__
+
+
+@pytest.mark.parametrize(
+    ("driver", "worker", "skewed"),
+    [
+        ("0.1.0+aaa", "0.1.0+aaa", False),
+        ("0.1.0+aaa", "0.1.0+bbb", True),  # same version number, other commit
+        ("0.1.0+aaa", "0.2.0+aaa", True),
+        ("0.1.0+aaa", "0.1.0", False),  # byte code only on one side: versions compared
+        ("0.1.0", "0.2.0+aaa", True),
+    ],
+)
+def test_skew(driver: str, worker: str, skewed: bool) -> None:
+    assert requirements.skew(driver, worker) is skewed

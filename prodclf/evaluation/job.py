@@ -22,7 +22,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from prodclf.config import SPLIT_ALIASES, EvaluateConfig
-from prodclf.errors import ConfigError, InputError
+from prodclf.errors import ConfigError, InputError, worker_setup_fails_run
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_OK, check_columns
 from prodclf.storage import objects, tables, warehouse
@@ -167,7 +167,8 @@ def run_evaluate(
 
     truth = labelled(spark, cfg)
     tags = tags_now(spark, cfg, meta, truth) if meta is not None else tags_of_run(spark, cfg)
-    pdf, untagged = collect_scored(tags, truth)
+    with worker_setup_fails_run("evaluation"):
+        pdf, untagged = collect_scored(tags, truth)
     classes = [label.name for label in meta.labels] if meta is not None else None
     scores, coverage = score_tags(pdf, classes, cfg.target_precision)
     coverage["untagged"] = untagged

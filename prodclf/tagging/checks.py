@@ -8,8 +8,7 @@ one-line ``ProdclfError``:
   objects of the catalog. Unusable input is an ``InputError`` (exit 2); a store that is
   unreachable or refuses the credentials is ``StoreUnavailable`` (exit 3).
 - ``gate_error_rates`` (after inference, before anything is written): implausibly many
-  error rows, overall or of one code (``ChecksConfig``), fail the run (``RunFailed``);
-  so does a worker that cannot tag at all (``worker_setup_fails_run``).
+  error rows, overall or of one code (``ChecksConfig``), fail the run (``RunFailed``).
 - ``verify_read_back`` (after the write, before the manifest): the partition holds
   exactly the run's products, each once, every row with this run's ``run_id``.
 
@@ -19,9 +18,8 @@ The judgements are pure functions of small values (``judge_error_rates``,
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
 from pyspark import StorageLevel
@@ -29,14 +27,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from prodclf.config import ChecksConfig, StorageConfig, TagConfig
-from prodclf.errors import (
-    ErrorCode,
-    InputError,
-    RowError,
-    RunFailed,
-    StoreUnavailable,
-    worker_setup_error,
-)
+from prodclf.errors import ErrorCode, InputError, RowError, RunFailed, StoreUnavailable
 from prodclf.schemas import BASE_LIBRARY_REQUIRED, STATUS_ERROR
 from prodclf.storage import objects, tables
 from prodclf.storage.uris import check_allowed, parse_uri
@@ -196,23 +187,6 @@ def gate_error_rates(rows: DataFrame, run_id: str, products: int, cfg: ChecksCon
     kept.unpersist()
     example = f"; e.g. {sample[0][0]}" if sample and sample[0][0] else ""
     raise RunFailed(f"run {run_id} failed, nothing published: {problem}{example}")
-
-
-@contextlib.contextmanager
-def worker_setup_fails_run(run_id: str) -> Iterator[None]:
-    """Turn a Spark job aborted by a ``WorkerSetupError`` into ``RunFailed`` with its line.
-
-    The worker's exception reaches the driver inside the JVM's stage failure, with every
-    task attempt's traceback; the operator needs its one line, and exit 3 (the run failed,
-    nothing published), not a page of Java and Python frames.
-    """
-    try:
-        yield
-    except Exception as exc:
-        cause = worker_setup_error(str(exc))
-        if cause is None:
-            raise
-        raise RunFailed(f"run {run_id} failed, nothing published: {cause}") from exc
 
 
 # --- after the write, before the manifest: what the manifest will promise -----------------

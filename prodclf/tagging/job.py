@@ -32,7 +32,7 @@ from pyspark.sql import functions as F
 
 import prodclf
 from prodclf.config import TagConfig
-from prodclf.errors import ConfigError, InputError, RunFailed
+from prodclf.errors import ConfigError, InputError, RunFailed, worker_setup_fails_run
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_ERROR, STATUS_OK
 from prodclf.storage import objects, tables, warehouse
@@ -283,7 +283,7 @@ def tag_run(
         f"run {cfg.run_id}",
     )
     t0 = time.perf_counter()
-    with progress, checks.worker_setup_fails_run(cfg.run_id):
+    with progress, worker_setup_fails_run(f"run {cfg.run_id}"):
         # Rows are judged (error rates) before anything of the run is written.
         rows = checks.gate_error_rates(rows, cfg.run_id, chosen.total, cfg.checks)
         tables.write_history_run(rows, out, s3)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from prodclf import requirements
 from prodclf.config import InferenceConfig, StorageConfig
-from prodclf.errors import ErrorCode, RowError
+from prodclf.errors import ErrorCode, RowError, VersionSkew
 from prodclf.images import PreparedBatch, collect_batch, start_batch
 from prodclf.model.bundle import BundleMeta, calibrate
 from prodclf.model.runtime import BundleChanged, PredictFn, Predictor, get_predictor
@@ -208,11 +209,21 @@ def tag_images_udf(
 
     ``fingerprint`` is the driver's ``BundleMeta.fingerprint``: a worker that loads another
     version of the bundle (republished meanwhile) tags none of its rows with it; they
-    become ``inference_failed`` rows, which the run's error-rate check then judges.
+    become ``inference_failed`` rows, which the run's error-rate check then judges. A
+    worker with other prodclf code than the driver's tags nothing: ``VersionSkew``.
     """
     from pyspark.sql.functions import pandas_udf
 
+    driver_code = requirements.code_identity()
+
     def tag(uris: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+        worker_code = requirements.code_identity()
+        if requirements.skew(driver_code, worker_code):
+            raise VersionSkew(
+                f"the executors run prodclf {worker_code}, the driver {driver_code}: "
+                "ship the executors an environment built from the driver's prodclf "
+                "(infra/package.sh)"
+            )
         try:
             predictor = get_predictor(
                 model_uri, inference.use_gpu, fingerprint, inference.tf_threads, inference.engine

@@ -12,9 +12,10 @@ import pytest
 from catalog import Catalog, build_catalog
 from conftest import run_tag_job
 
+from prodclf import requirements
 from prodclf.cli import main
 from prodclf.config import EvaluateConfig, TagConfig
-from prodclf.errors import ConfigError, InputError
+from prodclf.errors import ConfigError, InputError, RunFailed
 from prodclf.evaluation.job import evaluate_preflight, run_evaluate, score_tags
 
 pytestmark = pytest.mark.spark4
@@ -116,6 +117,24 @@ def test_evaluate_a_bundle_and_the_run_it_tagged_give_the_same_scores(
     assert {"metrics.json", "report.md", "confusion.png", "reliability.png"} <= written
     on_disk = json.loads((tmp_path / "eval-run" / "metrics.json").read_text())
     assert on_disk["accuracy"] == result_run["accuracy"]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:toPandas attempted Arrow optimization")
+def test_workers_with_other_prodclf_code_fail_the_evaluation(
+    spark: Any,
+    tmp_path: Path,
+    setup: tuple[Catalog, Path],
+    color_bundle: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, labels = setup
+    out = tmp_path / "eval-model"
+    cfg = EvaluateConfig(out=str(out), model=str(color_bundle), labels=str(labels))
+    monkeypatch.setattr(requirements, "code_identity", lambda: "0.0.9+0123456789ab")
+    with pytest.raises(RunFailed, match=r"^evaluation failed, nothing published: VersionSkew: "):
+        run_evaluate(cfg, spark, evaluate_preflight(cfg))
+    assert not out.exists()
 
 
 @pytest.mark.slow

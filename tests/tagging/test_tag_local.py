@@ -13,7 +13,9 @@ from conftest import run_tag_job
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
+from prodclf import requirements
 from prodclf.config import TagConfig
+from prodclf.errors import RunFailed
 from prodclf.schemas import COMMODITY_LIBRARY
 from prodclf.storage import tables
 
@@ -162,3 +164,28 @@ def test_same_input_and_model_give_the_same_tags(
     a = tables.read_commodity_run(spark, str(tmp_path / "a"), DAY1).select(cols)
     b = tables.read_commodity_run(spark, str(tmp_path / "b"), DAY1).select(cols)
     assert sorted(a.collect()) == sorted(b.collect())
+
+
+def test_workers_with_other_prodclf_code_than_the_driver_fail_the_run(
+    spark: SparkSession,
+    catalog: Catalog,
+    color_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The driver's prodclf is made to differ (as with a stale environment archive on the
+    executors); the Python workers run this checkout's."""
+    monkeypatch.setattr(requirements, "code_identity", lambda: "0.0.9+0123456789ab")
+    out = tmp_path / "commodity"
+
+    with pytest.raises(RunFailed) as info:
+        run_tag_job(config(catalog, out, color_bundle, DAY1, "skewed"), spark)
+
+    monkeypatch.undo()
+    assert str(info.value) == (
+        "run skewed failed, nothing published: VersionSkew: the executors run prodclf "
+        f"{requirements.code_identity()}, the driver 0.0.9+0123456789ab: ship the executors "
+        "an environment built from the driver's prodclf (infra/package.sh)"
+    )
+    assert not (out / "_runs" / "skewed.json").exists()
+    assert not list(out.glob("tags_history/**/*.parquet"))

@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 from conftest import COLORS, jpeg_bytes, png_bytes
 
+from prodclf import requirements
 from prodclf.config import InferenceConfig, StorageConfig
-from prodclf.errors import ErrorCode, GpuUnavailable, RowError
+from prodclf.errors import ErrorCode, GpuUnavailable, RowError, VersionSkew
 from prodclf.images import PreparedBatch, PreprocessSpec, prepare_batch
 from prodclf.model import runtime
 from prodclf.model.bundle import BundleMeta, Label
@@ -670,6 +671,22 @@ def test_the_cache_is_bounded(fake_loads: list[Any], monkeypatch: pytest.MonkeyP
         runtime.get_predictor(f"s3://m/{version}")
     assert len(runtime._PREDICTORS) == runtime.CACHE_SIZE == 2
     assert [u for u, _ in fake_loads] == ["s3://m/v1", "s3://m/v2", "s3://m/v3", "s3://m/v1"]
+
+
+def test_a_worker_with_other_prodclf_code_than_the_driver_tags_nothing(
+    fake_loads: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as driver:
+        driver.setattr(requirements, "code_identity", lambda: "0.1.0+0123456789ab")
+        udf = tag_images_udf("s3://m/v1", StorageConfig(), InferenceConfig())
+    with pytest.raises(VersionSkew) as info:
+        list(udf.func(iter([pd.Series(["s3://b/k.jpg"])])))
+    assert str(info.value) == (
+        f"the executors run prodclf {requirements.code_identity()}, the driver "
+        "0.1.0+0123456789ab: ship the executors an environment built from the driver's "
+        "prodclf (infra/package.sh)"
+    )
+    assert not fake_loads  # refused before the model is loaded
 
 
 def test_a_bundle_other_than_the_drivers_tags_nothing(
