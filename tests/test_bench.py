@@ -258,6 +258,54 @@ def test_gpu_mode_fails_in_one_line_without_a_gpu(
     assert message.startswith("bench --gpu: no GPU")
 
 
+# What --gpu's Spark session does with 4 cores and one GPU for argv[2] tasks: each task reports
+# the GPU addresses prodclf reads (prodclf.model.runtime.task_gpu_addresses) and its worker.
+GPU_PROBE = """
+import json, sys, time
+sys.path.insert(0, sys.argv[1])
+import gpu
+from pyspark.sql import SparkSession
+
+master, conf = gpu.gpu_spark_conf(4, tasks_per_gpu=int(sys.argv[2]), executor_memory_mb=1024)
+builder = SparkSession.builder.master(master).config("spark.ui.enabled", "false")
+for key, value in conf.items():
+    builder = builder.config(key, value)
+spark = builder.getOrCreate()
+
+def probe(rows):
+    import os
+    from prodclf.model.runtime import task_gpu_addresses
+    time.sleep(1)  # long enough for the tasks Spark runs at once to overlap
+    yield task_gpu_addresses(), os.getpid()
+
+got = spark.sparkContext.parallelize(range(4), 4).mapPartitions(probe).collect()
+spark.stop()
+print(json.dumps(got))
+"""
+
+
+@pytest.mark.cluster
+def test_gpu_mode_runs_two_tasks_at_once_on_one_gpu(tmp_path: Path) -> None:
+    """The ``--gpu`` session for real (``local-cluster``, the discovery script, 0.5 of a GPU
+    per task) on one GPU that a stand-in nvidia-smi reports: Spark schedules it, so the
+    harness is checked here before a GPU machine's time is spent on it. The executor has
+    4 cores: the GPU, not the cores, limits the tasks to two at once."""
+    env = _fake_nvidia_smi(tmp_path / "one", "printf '0\\n'")
+    env["PYSPARK_PYTHON"] = sys.executable
+    out = subprocess.run(
+        [sys.executable, "-c", GPU_PROBE, str(BENCH), "2"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stderr[-4000:]
+    tasks = json.loads(out.stdout.strip().splitlines()[-1])
+    assert [gpus for gpus, _ in tasks] == [["0"]] * 4
+    # Two tasks at a time: two Python workers, reused by the next two (4 with the cores' limit).
+    assert len({pid for _, pid in tasks}) == 2
+
+
 # --- results ---------------------------------------------------------------------------------
 
 
