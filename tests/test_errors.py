@@ -17,7 +17,7 @@ failed 4 times, most recent failure: Lost task 1.3 in stage 20.0 (TID 617) (127.
   File "/venv/lib/python3.11/site-packages/prodclf/model/runtime.py", line 138, in gpu_device
     raise GpuUnavailable(
 prodclf.errors.GpuUnavailable: Spark gave this task GPU 0, but TensorFlow in the worker sees \
-0 GPU(s): do this
+no GPU: do this
 
 \tat org.apache.spark.api.python.BasePythonRunner$ReaderIterator.handlePythonException
 """
@@ -28,7 +28,7 @@ def test_a_worker_setup_error_fails_the_run_in_one_line() -> None:
         raise RuntimeError(STAGE_FAILURE)
     assert str(info.value) == (
         "run r1 failed, nothing published: GpuUnavailable: Spark gave this task GPU 0, but "
-        "TensorFlow in the worker sees 0 GPU(s): do this"
+        "TensorFlow in the worker sees no GPU: do this"
     )
     assert info.value.exit_code == 3
 

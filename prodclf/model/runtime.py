@@ -182,14 +182,30 @@ def gpu_device(gpus: tuple[str, ...], visible: str | None, seen: int) -> str:
     Without this check TensorFlow's soft placement would run the model on the CPU.
     """
     device = tf_device(gpus, visible)
-    if device is None or int(device.rsplit(":", 1)[1]) >= seen:
-        shown = f" of CUDA_VISIBLE_DEVICES={visible}" if visible else ""
-        raise GpuUnavailable(
-            f"Spark gave this task GPU {','.join(gpus)}, but TensorFlow in the worker sees "
-            f"{seen} GPU(s){shown}: the executors need tensorflow[and-cuda] and an NVIDIA "
-            "driver (infra/package.sh --gpu), or set inference.use_gpu: false"
+    if device is None and seen == 1:
+        device = "/GPU:0"  # the worker's only GPU is the task's, whatever its address
+    if device is not None and int(device.rsplit(":", 1)[1]) < seen:
+        return device
+    shown = f" of CUDA_VISIBLE_DEVICES={visible}" if visible else ""
+    if seen == 0:
+        problem = (
+            f"TensorFlow in the worker sees no GPU{shown}: the executors need "
+            "tensorflow[and-cuda] and an NVIDIA driver (infra/package.sh --gpu)"
         )
-    return device
+    elif device is None:
+        problem = (
+            f"TensorFlow sees {seen} GPUs and that address is not one of their indices: the "
+            "discovery script must report indices (as infra/spark/gpu-discovery.sh does) or "
+            "CUDA_VISIBLE_DEVICES list the address"
+        )
+    else:
+        problem = (
+            f"TensorFlow in the worker sees {seen} GPU(s){shown}, so no {device}: the "
+            "discovery script must number the GPUs as the worker's CUDA does"
+        )
+    raise GpuUnavailable(
+        f"Spark gave this task GPU {','.join(gpus)}, but {problem}; or set inference.use_gpu: false"
+    )
 
 
 def tf_thread_count(threads: int) -> int:

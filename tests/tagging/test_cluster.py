@@ -390,7 +390,8 @@ def test_a_gpu_task_without_a_usable_gpu_fails_the_run(
     assert len(errors) == 1, output[-6000:]
     assert re.fullmatch(
         rf"prodclf: error: run {run_id} failed, nothing published: GpuUnavailable: Spark gave "
-        r"this task GPU [01], but TensorFlow in the worker sees 0 GPU\(s\): .*"
+        r"this task GPU [01], but TensorFlow in the worker sees no GPU: the executors need "
+        r"tensorflow\[and-cuda\] .*"
         r"or set inference.use_gpu: false",
         errors[0],
     ), errors[0]

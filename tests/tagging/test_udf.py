@@ -602,7 +602,9 @@ def test_tf_device_maps_spark_addresses(
         (("0",), None, 0, None),  # tensorflow-cpu, or no driver: soft placement = the CPU
         (("1",), None, 1, None),  # a GPU TensorFlow does not have
         (("3",), "0,1", 2, None),  # hidden from TensorFlow by CUDA_VISIBLE_DEVICES
-        (("GPU-uuid",), None, 1, None),
+        (("GPU-5e1f",), "GPU-5e1f", 1, "/GPU:0"),  # a UUID that CUDA_VISIBLE_DEVICES lists
+        (("GPU-5e1f",), None, 1, "/GPU:0"),  # one GPU: it is the task's
+        (("GPU-5e1f",), None, 0, None),
     ],
 )
 def test_a_gpu_tensorflow_cannot_use_is_refused(
@@ -615,8 +617,24 @@ def test_a_gpu_tensorflow_cannot_use_is_refused(
         runtime.gpu_device(gpus, visible, seen)
     message = str(info.value)
     assert message.startswith(f"Spark gave this task GPU {gpus[0]}, but TensorFlow")
-    assert f"sees {seen} GPU(s)" in message
+    if seen:  # TensorFlow has GPUs, numbered otherwise than Spark's addresses
+        assert f"sees {seen} GPU(s)" in message and "discovery script" in message
+    else:  # TensorFlow has none: the install
+        assert "sees no GPU" in message and "tensorflow[and-cuda]" in message
     assert (f"CUDA_VISIBLE_DEVICES={visible}" in message) == (visible is not None)
+    assert message.endswith("; or set inference.use_gpu: false")
+
+
+def test_a_gpu_address_tensorflow_cannot_number_is_refused() -> None:
+    """A discovery script reporting UUIDs on a worker with several GPUs: TensorFlow numbers
+    them, so the task's cannot be told apart (TensorFlow would pick one: maybe another
+    task's)."""
+    with pytest.raises(GpuUnavailable) as info:
+        runtime.gpu_device(("GPU-5e1f",), None, 2)
+    assert str(info.value).startswith(
+        "Spark gave this task GPU GPU-5e1f, but TensorFlow sees 2 GPUs and that address is "
+        "not one of their indices: the discovery script must report indices"
+    )
 
 
 # --- the per-worker predictor cache -------------------------------------------------------
