@@ -107,9 +107,9 @@ def worker_setup_error(failure: str) -> str | None:
     A worker's exception reaches the driver only as text (the Python traceback inside the
     JVM's stage-failure message), its last line ``prodclf.errors.Name: message``.
     """
-    names = {cls.__name__ for cls in _subclasses(WorkerSetupError)}
     for match in re.finditer(r"prodclf\.errors\.(\w+): ([^\n]*)", failure):
-        if match.group(1) in names:
+        cls = globals().get(match.group(1))
+        if isinstance(cls, type) and issubclass(cls, WorkerSetupError):
             return f"{match.group(1)}: {match.group(2).strip()}"
     return None
 
@@ -129,13 +129,6 @@ def worker_setup_fails_run(what: str) -> Iterator[None]:
         if cause is None:
             raise
         raise RunFailed(f"{what} failed, nothing published: {cause}") from exc
-
-
-def _subclasses(cls: type[WorkerSetupError]) -> list[type[WorkerSetupError]]:
-    out = [cls]
-    for sub in cls.__subclasses__():
-        out.extend(_subclasses(sub))
-    return out
 
 
 class ErrorCode(str, Enum):

@@ -117,12 +117,10 @@ def load_predictor(
             log.info("loaded model %s %s on cpu (LiteRT)", meta.model_name, meta.model_version)
             return Predictor(meta, lite)
     tf = import_tensorflow(gpus, use_gpu, threads)
-    device = None
+    device = None  # no GPU from Spark: TensorFlow's choice (a visible GPU, else the CPU)
     if use_gpu and gpus:
         seen = len(tf.config.list_physical_devices("GPU"))
         device = gpu_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"), seen)
-    elif use_gpu:
-        device = tf_device(gpus, os.environ.get("CUDA_VISIBLE_DEVICES"))
     with tf.device(device) if device else contextlib.nullcontext():
         loaded = tf.saved_model.load(str(local / SAVED_MODEL_DIR))
     endpoint = getattr(loaded, meta.endpoint)
