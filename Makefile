@@ -22,8 +22,8 @@ export PYSPARK_PYTHON := $(abspath $(BIN))/python
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
-	results clean check-java fashion-mnist s3a-jars airflow-env test-airflow bench-incremental \
-	bench-ray-env
+	results clean check-java fashion-mnist s3a-jars iceberg-jar iceberg-reader-env airflow-env \
+	test-airflow bench-incremental bench-ray-env
 
 setup: $(STAMP)
 
@@ -48,6 +48,28 @@ $(STAMP4): pyproject.toml constraints-spark4.txt
 # the git-ignored .cache/jars; a no-op when the verified jars are there.
 s3a-jars: setup
 	$(BIN)/python infra/fetch_s3a_jars.py
+
+# A TEST STAND-IN Iceberg Spark runtime jar (tests/storage/test_iceberg_jar.py), built from PyPI
+# wheels (infra/build_iceberg_jar.py), sha256-pinned, cached in the git-ignored .cache/jars; a
+# no-op when the verified jar is there. Production uses the official Maven artifact (--packages).
+iceberg-jar: setup
+	$(BIN)/python infra/build_iceberg_jar.py
+
+# DuckDB reading the library's Iceberg tables offline (infra/iceberg_read.py) in its own venv:
+# PyPI's duckdb-extension-iceberg 1.5.5 loads only into duckdb 1.5.5, .venv pins duckdb 2.x.
+# Pinned by infra/iceberg-reader-constraints.txt; the extensions are loaded from their wheels'
+# files (LOAD '<path>'), nothing is installed into ~/.duckdb. Not part of `make test`.
+ICEBERG_READER_VENV ?= .venv-iceberg-reader
+ICEBERG_READER_STAMP := $(ICEBERG_READER_VENV)/.prodclf-iceberg-reader-installed
+
+iceberg-reader-env: $(ICEBERG_READER_STAMP)
+
+$(ICEBERG_READER_STAMP): infra/iceberg-reader-constraints.txt
+	@test -x $(ICEBERG_READER_VENV)/bin/python || $(PYTHON) -m venv $(ICEBERG_READER_VENV)
+	$(ICEBERG_READER_VENV)/bin/python -m pip install -q --upgrade "pip>=24"
+	$(ICEBERG_READER_VENV)/bin/python -m pip install -q -c infra/iceberg-reader-constraints.txt \
+	  duckdb duckdb-extension-avro duckdb-extension-iceberg pytz
+	@touch $@
 
 # Airflow in its own venv (its pins clash with the job's: pyspark 4, SQLAlchemy 1.4, ...),
 # from Airflow's constraint versions in infra/airflow/constraints.txt.
@@ -84,12 +106,12 @@ demo: setup fashion-mnist
 
 # The whole suite on Spark 3.5, then the tagging/evaluation tier on Spark 4, then the
 # Airflow DAGs in Airflow's own environment.
-test: setup setup-spark4 s3a-jars
+test: setup setup-spark4 s3a-jars iceberg-jar iceberg-reader-env
 	@$(MAKE) --no-print-directory test-spark35
 	@$(MAKE) --no-print-directory test-spark4
 	@$(MAKE) --no-print-directory test-airflow
 
-test-spark35: setup s3a-jars
+test-spark35: setup s3a-jars iceberg-jar iceberg-reader-env
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Python workers must run the Spark 4 interpreter, not the exported .venv one.
