@@ -21,11 +21,15 @@ from prodclf.config import (
     AUGMENTATIONS,
     BACKBONE_INITS,
     CLASS_WEIGHTS,
+    ICEBERG_CATALOGS,
     LR_SCHEDULES,
+    MIGRATE_TARGETS,
+    TABLE_FORMATS,
     EvaluateConfig,
     JobConfig,
     MigrateConfig,
     ReportConfig,
+    TableFormatConfig,
     TagConfig,
     TrainConfig,
     VacuumConfig,
@@ -118,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tag.add_argument("--progress-interval-s", type=float, metavar="S", help="default 30")
     _common(tag)
+    _table_format(tag)
     tag.add_argument("--top-k", type=int, metavar="K", help="categories kept per product")
     tag.add_argument(
         "--review-threshold",
@@ -333,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="precision the recommended review threshold reaches (default 0.95)",
     )
     _common(ev)
+    _table_format(ev)
 
     runs = sub.add_parser(
         "runs",
@@ -354,6 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--commodity-library", required=True, metavar="URI")
     report.add_argument("--out", metavar="URI", help="default: _runs/<run_id>.html")
     _common(report)
+    _table_format(report)
 
     vacuum = sub.add_parser(
         "vacuum",
@@ -367,16 +374,26 @@ def build_parser() -> argparse.ArgumentParser:
     vacuum.add_argument("--apply", action="store_true", default=None, help="remove them")
     vacuum.add_argument("--database", metavar="NAME", help="also update this database's tables")
     _common(vacuum)
+    _table_format(vacuum)
 
     migrate = sub.add_parser(
         "migrate",
-        help="upgrade a commodity library of the first layout (run_date partitions at the root)",
+        help="upgrade a commodity library of the first layout (run_date partitions at the root), "
+        "or convert a Parquet library to Iceberg (--to iceberg)",
         description="Move each date's complete run into tags_history, build tags_current "
-        "and the runs table, mark the new layout, then remove the old partitions.",
+        "and the runs table, mark the new layout, then remove the old partitions. With --to "
+        "iceberg: convert a Parquet library to Iceberg tables instead.",
     )
     migrate.add_argument("--commodity-library", required=True, metavar="URI")
     migrate.add_argument("--database", metavar="NAME", help="register the tables here")
+    migrate.add_argument(
+        "--to",
+        choices=MIGRATE_TARGETS,
+        help="iceberg: convert a Parquet library to Iceberg tables (where: the --iceberg-* "
+        "flags); without it, upgrade a library of the first layout",
+    )
     _common(migrate)
+    _table_format(migrate)
 
     unlock = sub.add_parser(
         "unlock",
@@ -421,6 +438,49 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML file with storage/inference/spark")
 
 
+def _table_format(p: argparse.ArgumentParser) -> None:
+    """The ``library`` section's flags (dest: the field's name)."""
+    defaults = TableFormatConfig()
+    g = p.add_argument_group("table format (the YAML section library)")
+    g.add_argument(
+        "--library-format",
+        dest="format",
+        choices=TABLE_FORMATS,
+        help=f"the commodity library's table format (default {defaults.format})",
+    )
+    g.add_argument(
+        "--iceberg-catalog",
+        dest="catalog",
+        choices=ICEBERG_CATALOGS,
+        help=f"the Iceberg catalog (default {defaults.catalog}: the library's own, its "
+        "warehouse <commodity-library>/iceberg); hive: the metastore; glue: AWS Glue; rest",
+    )
+    g.add_argument(
+        "--iceberg-catalog-name",
+        dest="catalog_name",
+        metavar="NAME",
+        help=f"the Spark catalog of a hive, glue or rest catalog (default {defaults.catalog_name})",
+    )
+    g.add_argument(
+        "--iceberg-namespace",
+        dest="namespace",
+        metavar="NAME",
+        help=f"the namespace of the library's tables (default {defaults.namespace})",
+    )
+    g.add_argument(
+        "--iceberg-uri",
+        dest="catalog_uri",
+        metavar="URI",
+        help="the REST catalog's URI (rest needs it), or the Hive metastore's thrift URI",
+    )
+    g.add_argument(
+        "--iceberg-warehouse",
+        dest="warehouse",
+        metavar="URI",
+        help="the warehouse of a hive, glue or rest catalog (glue needs it)",
+    )
+
+
 CONFIGS: dict[str, type[JobConfig]] = {
     "tag": TagConfig,
     "train": TrainConfig,
@@ -441,7 +501,9 @@ def _run(cfg: JobConfig, preflight: Any, run: Any, arrow_batch_size: int = 256) 
     from prodclf.session import create_session
 
     checked = preflight(cfg)
-    spark = create_session(cfg.spark, arrow_batch_size)
+    library = getattr(cfg, "library", None)
+    extra = library.spark_settings() if isinstance(library, TableFormatConfig) else None
+    spark = create_session(cfg.spark, arrow_batch_size, extra)
     return run(cfg, spark, checked)
 
 

@@ -198,12 +198,107 @@ class SparkConfig(Validated):
             )
 
 
+TABLE_FORMATS = ("parquet", "iceberg")
+ICEBERG_CATALOGS = ("hadoop", "hive", "glue", "rest")
+ICEBERG_EXTENSIONS = "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+ICEBERG_SPARK_CATALOG = "org.apache.iceberg.spark.SparkCatalog"
+
+
+@dataclass(frozen=True)
+class TableFormatConfig(Validated):
+    """The commodity library's table format (YAML section ``library``).
+
+    ``parquet``: prodclf's own layout of Parquet files. ``iceberg``: Apache Iceberg tables
+    ``tags_history``, ``tags_current`` and ``runs`` in ``namespace`` of a catalog: ``hadoop``
+    (embedded: a Hadoop catalog the library registers itself, its warehouse
+    ``<commodity_library>/iceberg``), ``hive`` (the Hive metastore), ``glue`` (AWS Glue; the
+    job also needs Iceberg's AWS bundle jar) or ``rest`` (an Iceberg REST catalog). The
+    Iceberg Spark runtime comes with the submission: ``--packages
+    org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2`` (``-4.0_2.13`` on Spark 4).
+    """
+
+    format: str = "parquet"
+    catalog: str = "hadoop"
+    # The Spark catalog name of a hive, glue or rest catalog (spark.sql.catalog.<name>).
+    catalog_name: str = "prodclf"
+    # The Iceberg namespace (database) of the library's tables.
+    namespace: str = "prodclf"
+    # rest: the catalog's URI (required); hive: the metastore's thrift URI (default:
+    # hive-site.xml's).
+    catalog_uri: str | None = None
+    # hive, glue, rest: the warehouse location (glue requires it).
+    warehouse: str | None = None
+
+    def validate(self) -> None:
+        if self.format not in TABLE_FORMATS:
+            raise ConfigError(
+                f"library.format must be one of {', '.join(TABLE_FORMATS)}, not {self.format!r}"
+            )
+        if self.catalog not in ICEBERG_CATALOGS:
+            raise ConfigError(
+                f"library.catalog must be one of {', '.join(ICEBERG_CATALOGS)}, "
+                f"not {self.catalog!r}"
+            )
+        for name in ("catalog_name", "namespace"):
+            value = getattr(self, name)
+            if not DATABASE_RE.match(value):
+                raise ConfigError(
+                    f"library.{name} {value!r}: use letters, digits and '_' (an identifier)"
+                )
+        if self.catalog_name == "spark_catalog":
+            raise ConfigError(
+                "library.catalog_name 'spark_catalog' is Spark's session catalog; name another"
+            )
+        for name in ("catalog_uri", "warehouse"):
+            if getattr(self, name) == "":
+                raise ConfigError(f"library.{name} is empty")
+        if self.catalog == "rest" and not self.catalog_uri:
+            raise ConfigError("library.catalog rest needs library.catalog_uri (--iceberg-uri)")
+        if self.catalog == "glue" and not self.warehouse:
+            raise ConfigError("library.catalog glue needs library.warehouse (--iceberg-warehouse)")
+        if self.catalog_uri and self.catalog not in ("hive", "rest"):
+            raise ConfigError(
+                f"library.catalog_uri is for the hive and rest catalogs, not {self.catalog}"
+            )
+        if self.warehouse and self.catalog == "hadoop":
+            raise ConfigError(
+                "library.warehouse is for the hive, glue and rest catalogs: the hadoop "
+                "catalog's warehouse is <commodity_library>/iceberg"
+            )
+
+    def spark_settings(self) -> dict[str, str]:
+        """The static Spark settings an Iceberg library needs before the session starts.
+
+        None for Parquet. For Iceberg: the SQL extensions (MERGE INTO, CALL), and the
+        catalog of a hive, glue or rest library. The hadoop catalog is registered at run
+        time by the library code (its warehouse is inside the library).
+        """
+        if self.format != "iceberg":
+            return {}
+        settings = {"spark.sql.extensions": ICEBERG_EXTENSIONS}
+        if self.catalog == "hadoop":
+            return settings
+        prefix = f"spark.sql.catalog.{self.catalog_name}"
+        settings[prefix] = ICEBERG_SPARK_CATALOG
+        if self.catalog == "glue":
+            settings[f"{prefix}.catalog-impl"] = "org.apache.iceberg.aws.glue.GlueCatalog"
+            settings[f"{prefix}.io-impl"] = "org.apache.iceberg.aws.s3.S3FileIO"
+        else:
+            settings[f"{prefix}.type"] = self.catalog
+            if self.catalog_uri:
+                settings[f"{prefix}.uri"] = self.catalog_uri
+        if self.warehouse:
+            settings[f"{prefix}.warehouse"] = self.warehouse
+        return settings
+
+
 #: The YAML sections shared by the jobs, and the dataclass each one builds.
 SECTIONS: dict[str, type[Validated]] = {
     "storage": StorageConfig,
     "inference": InferenceConfig,
     "spark": SparkConfig,
     "checks": ChecksConfig,
+    "library": TableFormatConfig,
 }
 
 
@@ -304,6 +399,7 @@ class TagConfig(JobConfig):
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    library: TableFormatConfig = field(default_factory=TableFormatConfig)
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -390,6 +486,7 @@ class LibraryConfig(JobConfig):
     database: str | None = None
     storage: StorageConfig = field(default_factory=StorageConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    library: TableFormatConfig = field(default_factory=TableFormatConfig)
 
     def __post_init__(self) -> None:
         _hive_for_database(self)
@@ -417,11 +514,31 @@ class VacuumConfig(LibraryConfig):
             raise ConfigError(f"--keep-days must not be negative, not {self.keep_days}")
 
 
+MIGRATE_TARGETS = ("iceberg",)
+
+
 @dataclass(frozen=True)
 class MigrateConfig(LibraryConfig):
-    """``prodclf migrate``: upgrade a library of the first layout in place."""
+    """``prodclf migrate``: upgrade a library of the first layout in place, or, with
+    ``to="iceberg"``, convert a Parquet library to Iceberg tables.
+
+    ``to="iceberg"`` makes ``library.format`` iceberg: the rest of the ``library`` section
+    (catalog, namespace...) says where the tables go, and the session gets Iceberg's settings.
+    """
 
     command: ClassVar[str] = "migrate"
+
+    to: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.to == "iceberg" and self.library.format != "iceberg":
+            object.__setattr__(self, "library", replace(self.library, format="iceberg"))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        super().validate()
+        if self.to not in (None, *MIGRATE_TARGETS):
+            raise ConfigError(f"--to must be one of {', '.join(MIGRATE_TARGETS)}, not {self.to!r}")
 
 
 @dataclass(frozen=True)
@@ -798,6 +915,8 @@ class EvaluateConfig(JobConfig):
     storage: StorageConfig = field(default_factory=StorageConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    # The format of --commodity-library (scoring a run's tags).
+    library: TableFormatConfig = field(default_factory=TableFormatConfig)
 
     def validate(self) -> None:
         if not self.labels:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 
 import pyspark
 from pyspark.sql import SparkSession
@@ -13,23 +14,28 @@ from prodclf.config import SparkConfig
 #: Spark 4.0+ also caps each Arrow batch in bytes, beside maxRecordsPerBatch
 #: (``spark.conf`` in --config overrides it; see infra/spark/spark-defaults.conf).
 ARROW_MAX_BYTES_PER_BATCH = "64m"
+#: A list setting: a job's extensions are added to those already set, never replace them.
+EXTENSIONS = "spark.sql.extensions"
 
 
-def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSession:
+def create_session(
+    cfg: SparkConfig, arrow_batch_size: int = 256, extra: Mapping[str, str] | None = None
+) -> SparkSession:
     """Build (or join) the session with the settings every prodclf job relies on.
 
     Under spark-submit the master and resources come from spark-submit; run as a plain
     command with no ``--master``, it is local Spark on all cores (the embedded default).
+    ``extra`` (the job's own static settings, e.g. Iceberg's) comes after prodclf's settings
+    and before ``cfg.conf``, which wins; but its ``spark.sql.extensions`` are appended to
+    those ``cfg.conf`` or else the launcher (spark-submit, spark-defaults.conf) sets.
     """
-    builder = SparkSession.builder.appName(cfg.app_name)
     under_submit = "PYSPARK_GATEWAY_PORT" in os.environ
     master = cfg.master or (None if under_submit else "local[*]")
-    if master:
-        builder = builder.master(master)
     if master and master.startswith("local"):
         # Local Python workers must run this interpreter, with prodclf and its pins.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    settings = {
+    settings = {"spark.app.name": cfg.app_name, **({"spark.master": master} if master else {})}
+    settings |= {
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.sql.execution.arrow.maxRecordsPerBatch": str(arrow_batch_size),
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
@@ -50,12 +56,62 @@ def create_session(cfg: SparkConfig, arrow_batch_size: int = 256) -> SparkSessio
     settings.update(s3a_settings(os.environ))
     if os.environ.get("PRODCLF_SPARK_JARS"):  # extra jars for a session that starts its JVM
         settings["spark.jars"] = os.environ["PRODCLF_SPARK_JARS"]  # (e.g. hadoop-aws, local)
-    settings.update(dict(cfg.conf))
+    extra, user = dict(extra or {}), dict(cfg.conf)
+    launcher = None
+    if EXTENSIONS in extra and EXTENSIONS not in user:
+        launcher = launcher_setting(EXTENSIONS, {**settings, **extra, **user})
+    settings = layered_settings(settings, extra, user, launcher)
+    builder = SparkSession.builder
     for key, value in settings.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(os.environ.get("PRODCLF_SPARK_LOG_LEVEL", "WARN"))
     return spark
+
+
+def layered_settings(
+    base: Mapping[str, str],
+    extra: Mapping[str, str],
+    user: Mapping[str, str],
+    launcher_extensions: str | None = None,
+) -> dict[str, str]:
+    """``base`` < ``extra`` < ``user``; but ``extra``'s ``spark.sql.extensions`` are appended
+    to the user's, else to the launcher's (``launcher_extensions``)."""
+    settings = {**base, **extra, **user}
+    ours = extra.get(EXTENSIONS)
+    if ours:
+        before = user.get(EXTENSIONS, launcher_extensions)
+        settings[EXTENSIONS] = append_extensions(before, ours)
+    return settings
+
+
+def append_extensions(existing: str | None, added: str) -> str:
+    """The comma-separated class list ``existing`` with ``added``'s classes it lacks after it."""
+    names: list[str] = []
+    for name in f"{existing or ''},{added}".split(","):
+        if name.strip() and name.strip() not in names:
+            names.append(name.strip())
+    return ",".join(names)
+
+
+def launcher_setting(key: str, launch: Mapping[str, str]) -> str | None:
+    """``key`` as the launcher sets it (spark-submit --conf, spark-defaults.conf,
+    PYSPARK_SUBMIT_ARGS): what the session's own value would otherwise replace.
+
+    Read from the JVM: an active SparkContext's configuration; else the gateway is joined
+    (under spark-submit) or started with ``launch``, the settings the session would start it
+    with anyway (those of ``key`` left out), and its defaults are read.
+    """
+    from pyspark import SparkConf, SparkContext
+
+    active = SparkContext._active_spark_context
+    if active is not None:
+        return active.getConf().get(key)
+    launch_conf = SparkConf(loadDefaults=False)
+    launch_conf.setAll([(k, v) for k, v in launch.items() if k != key])
+    SparkContext._ensure_initialized(conf=launch_conf)
+    value = SparkConf().get(key)  # the JVM is up: loads its spark.* system properties
+    return value or None
 
 
 def version_settings(spark_version: str) -> dict[str, str]:

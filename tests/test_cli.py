@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -204,6 +205,7 @@ def test_example_config_file_is_valid_and_applied(layout: dict[str, Path]) -> No
     assert cfg.retry_codes == ("fetch_failed", "inference_failed")  # the tag section
     assert (cfg.progress_interval_s, cfg.lock_ttl_s) == (30.0, 900.0)
     assert cfg.mode == "full" and cfg.spark.catalog_implementation is None
+    assert cfg.library.format == "parquet" and cfg.library.spark_settings() == {}
 
 
 def test_example_training_config_loads_and_applies(tmp_path: Path) -> None:
@@ -246,3 +248,151 @@ def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(
     line = run_refused(argv, capsys)
     assert "--where 'no_such_column = 1' is not a predicate over the base library's columns" in line
     assert not layout["out"].exists()
+
+
+#: The smallest valid command line of each command with a ``library`` section.
+LIBRARY_COMMANDS = {
+    "tag": [
+        *("tag", "--base-library", "/b", "--commodity-library", "/c", "--model", "/m"),
+        *("--run-date", "2026-11-21"),
+    ],
+    "evaluate": [
+        *("evaluate", "--labels", "/l", "--out", "/o", "--commodity-library", "/c"),
+        *("--run-date", "2026-11-21"),
+    ],
+    "report": ["report", "r1", "--commodity-library", "/c"],
+    "vacuum": ["vacuum", "--commodity-library", "/c", "--keep-days", "7"],
+    "migrate": ["migrate", "--commodity-library", "/c"],
+}
+TABLE_FORMAT_FLAGS = {
+    "--library-format": "iceberg",
+    "--iceberg-catalog": "rest",
+    "--iceberg-catalog-name": "lake",
+    "--iceberg-namespace": "tags",
+    "--iceberg-uri": "http://catalog:8181",
+    "--iceberg-warehouse": "s3://lake/wh",
+}
+
+
+def _config(argv: list[str]) -> Any:
+    from prodclf.cli import build_config, build_parser
+
+    return build_config(build_parser().parse_args(argv))
+
+
+@pytest.mark.parametrize("command", sorted(LIBRARY_COMMANDS))
+def test_table_format_flags_reach_the_config(command: str, tmp_path: Path) -> None:
+    from prodclf.config import TableFormatConfig
+
+    base = LIBRARY_COMMANDS[command]
+    assert _config(base).library == TableFormatConfig()
+    flags = [part for item in TABLE_FORMAT_FLAGS.items() for part in item]
+    assert _config([*base, *flags]).library == TableFormatConfig(
+        format="iceberg",
+        catalog="rest",
+        catalog_name="lake",
+        namespace="tags",
+        catalog_uri="http://catalog:8181",
+        warehouse="s3://lake/wh",
+    )
+    config = write_yaml(
+        tmp_path / "lib.yaml", "library:\n  format: iceberg\n  catalog: hive\n  namespace: n1\n"
+    )
+    cfg = _config([*base, "--config", str(config), "--iceberg-namespace", "n2"])
+    assert cfg.library == TableFormatConfig(format="iceberg", catalog="hive", namespace="n2")
+
+
+@pytest.mark.parametrize("command", sorted(LIBRARY_COMMANDS))
+def test_table_format_flags_are_in_the_help(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    for flag in TABLE_FORMAT_FLAGS:
+        assert flag in out, flag
+    assert "{parquet,iceberg}" in out and "{hadoop,hive,glue,rest}" in out
+    assert ("--to {iceberg}" in out) == (command == "migrate")
+
+
+def test_migrate_to_iceberg_flag() -> None:
+    base = LIBRARY_COMMANDS["migrate"]
+    assert _config(base).to is None
+    cfg = _config(
+        [*base, "--to", "iceberg", "--iceberg-catalog", "glue", "--iceberg-warehouse", "w"]
+    )
+    assert (cfg.to, cfg.library.format, cfg.library.catalog) == ("iceberg", "iceberg", "glue")
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            [*LIBRARY_COMMANDS["vacuum"], "--iceberg-catalog", "rest"],
+            "prodclf: error: library.catalog rest needs library.catalog_uri (--iceberg-uri)",
+        ),
+        (
+            [*LIBRARY_COMMANDS["migrate"], "--to", "iceberg", "--iceberg-catalog", "glue"],
+            "prodclf: error: library.catalog glue needs library.warehouse (--iceberg-warehouse)",
+        ),
+        (
+            [*LIBRARY_COMMANDS["report"], "--iceberg-namespace", "prod-clf"],
+            "prodclf: error: library.namespace 'prod-clf': use letters, digits and '_' "
+            "(an identifier)",
+        ),
+        (
+            [*LIBRARY_COMMANDS["migrate"], "--to", "delta"],
+            "prodclf migrate: error: argument --to: invalid choice: 'delta' (choose from "
+            "'iceberg')",
+        ),
+        (
+            [*LIBRARY_COMMANDS["vacuum"], "--library-format", "orc"],
+            "prodclf vacuum: error: argument --library-format: invalid choice: 'orc' "
+            "(choose from 'parquet', 'iceberg')",
+        ),
+    ],
+    ids=["rest without uri", "glue without warehouse", "bad namespace", "bad --to", "bad format"],
+)
+def test_table_format_refusals_exit_2_in_one_line_before_spark(
+    argv: list[str],
+    message: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def refuse(*_: object, **__: object) -> None:
+        raise AssertionError("a SparkSession was requested")
+
+    monkeypatch.setattr("prodclf.session.create_session", refuse)
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse's own refusals
+        code = exc.code
+    captured = capsys.readouterr()
+    assert code == EXIT_REFUSED
+    assert captured.err.splitlines() == [message]
+
+
+def test_the_session_gets_the_library_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``_run`` hands ``library.spark_settings()`` to create_session (nothing without it)."""
+    from prodclf import cli
+    from prodclf.config import ICEBERG_EXTENSIONS
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr("prodclf.session.create_session", lambda *a: calls.append(a) or "spark")
+    flags = [part for item in TABLE_FORMAT_FLAGS.items() for part in item]
+    for argv in (LIBRARY_COMMANDS["vacuum"], [*LIBRARY_COMMANDS["tag"], *flags]):
+        cfg = _config(argv)
+        result = cli._run(cfg, lambda c: "checked", lambda c, s, checked: (s, checked), 16)
+        assert result == ("spark", "checked")
+        assert calls[-1] == (cfg.spark, 16, cfg.library.spark_settings())
+    assert calls[0][2] == {}
+    assert calls[1][2] == {
+        "spark.sql.extensions": ICEBERG_EXTENSIONS,
+        "spark.sql.catalog.lake": "org.apache.iceberg.spark.SparkCatalog",
+        "spark.sql.catalog.lake.type": "rest",
+        "spark.sql.catalog.lake.uri": "http://catalog:8181",
+        "spark.sql.catalog.lake.warehouse": "s3://lake/wh",
+    }
+    train = _config(["train", "--base-library", "/b", "--model-out", "/m"])
+    cli._run(train, lambda c: None, lambda c, s, checked: None)
+    assert calls[-1] == (train.spark, 256, None)

@@ -10,11 +10,19 @@ from typing import Any
 import pytest
 
 from prodclf.config import (
+    ICEBERG_CATALOGS,
+    ICEBERG_EXTENSIONS,
+    TABLE_FORMATS,
+    EvaluateConfig,
     InferenceConfig,
+    MigrateConfig,
+    ReportConfig,
     SparkConfig,
     StorageConfig,
+    TableFormatConfig,
     TagConfig,
     TrainConfig,
+    VacuumConfig,
     default_run_id,
     load_yaml,
     parse_run_date,
@@ -382,3 +390,219 @@ def test_yaml_values_are_checked_against_the_declared_type() -> None:
         coerce_field(by_name["epochs"], None, "train.epochs")
     with pytest.raises(ConfigError, match=r"train\.noise: expected true or false"):
         coerce_field(by_name["noise"], "yes", "train.noise")
+
+
+def test_library_section_defaults() -> None:
+    lib = TableFormatConfig()
+    assert (lib.format, lib.catalog, lib.catalog_name, lib.namespace) == (
+        "parquet",
+        "hadoop",
+        "prodclf",
+        "prodclf",
+    )
+    assert (lib.catalog_uri, lib.warehouse) == (None, None)
+    assert (TABLE_FORMATS, ICEBERG_CATALOGS) == (
+        ("parquet", "iceberg"),
+        ("hadoop", "hive", "glue", "rest"),
+    )
+    assert section(TableFormatConfig, None, "library") == lib
+    assert tag_cfg().library == lib
+    for cfg in (
+        VacuumConfig(commodity_library="/c"),
+        MigrateConfig(commodity_library="/c"),
+        ReportConfig(commodity_library="/c", run_id="r1"),
+        EvaluateConfig(labels="/l", out="/o", model="/m"),
+    ):
+        assert cfg.library == lib, type(cfg).__name__
+
+
+def test_library_section_builds_from_yaml_and_flags_win() -> None:
+    data = {
+        "library": {
+            "format": "iceberg",
+            "catalog": "rest",
+            "catalog_name": "lake",
+            "namespace": "tags",
+            "catalog_uri": "http://catalog:8181",
+            "warehouse": "s3://lake/wh",
+        }
+    }
+    cfg = TagConfig.from_sources(data, TAG_FLAGS)
+    assert cfg.library == TableFormatConfig(
+        format="iceberg",
+        catalog="rest",
+        catalog_name="lake",
+        namespace="tags",
+        catalog_uri="http://catalog:8181",
+        warehouse="s3://lake/wh",
+    )
+    flags = {**TAG_FLAGS, "catalog": "hive", "catalog_uri": "thrift://hms:9083", "namespace": None}
+    over = TagConfig.from_sources(data, flags)
+    assert (over.library.catalog, over.library.catalog_uri, over.library.namespace) == (
+        "hive",
+        "thrift://hms:9083",
+        "tags",  # a None flag was not given
+    )
+    with pytest.raises(ConfigError, match=r"config section 'library': unknown key\(s\) type"):
+        TagConfig.from_sources({"library": {"type": "iceberg"}}, TAG_FLAGS)
+    with pytest.raises(ConfigError, match=r"library\.namespace: expected text"):
+        TagConfig.from_sources({"library": {"namespace": ["a"]}}, TAG_FLAGS)
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({"format": "delta"}, "library.format must be one of parquet, iceberg, not 'delta'"),
+        (
+            {"catalog": "nessie"},
+            "library.catalog must be one of hadoop, hive, glue, rest, not 'nessie'",
+        ),
+        (
+            {"catalog": "rest"},
+            "library.catalog rest needs library.catalog_uri (--iceberg-uri)",
+        ),
+        (
+            {"catalog": "glue"},
+            "library.catalog glue needs library.warehouse (--iceberg-warehouse)",
+        ),
+        (
+            {"catalog_name": "my-lake"},
+            "library.catalog_name 'my-lake': use letters, digits and '_' (an identifier)",
+        ),
+        (
+            {"catalog_name": "1lake"},
+            "library.catalog_name '1lake': use letters, digits and '_' (an identifier)",
+        ),
+        (
+            {"namespace": "prod.clf"},
+            "library.namespace 'prod.clf': use letters, digits and '_' (an identifier)",
+        ),
+        ({"namespace": ""}, "library.namespace '': use letters, digits and '_' (an identifier)"),
+        (
+            {"catalog_name": "spark_catalog"},
+            "library.catalog_name 'spark_catalog' is Spark's session catalog; name another",
+        ),
+        ({"catalog": "rest", "catalog_uri": ""}, "library.catalog_uri is empty"),
+        (
+            {"catalog_uri": "thrift://hms:9083"},
+            "library.catalog_uri is for the hive and rest catalogs, not hadoop",
+        ),
+        (
+            {"catalog": "glue", "warehouse": "s3://w", "catalog_uri": "http://x"},
+            "library.catalog_uri is for the hive and rest catalogs, not glue",
+        ),
+        (
+            {"warehouse": "s3://w"},
+            "library.warehouse is for the hive, glue and rest catalogs: the hadoop catalog's "
+            "warehouse is <commodity_library>/iceberg",
+        ),
+    ],
+)
+def test_library_validate_refusals(changes: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TableFormatConfig(**changes)
+    assert str(info.value) == expected
+
+
+def test_library_refusals_reach_the_jobs() -> None:
+    with pytest.raises(ConfigError, match=r"^library\.format must be one of parquet, iceberg"):
+        TagConfig.from_sources({}, {**TAG_FLAGS, "format": "orc"})
+    with pytest.raises(ConfigError, match=r"^library\.catalog rest needs library\.catalog_uri"):
+        VacuumConfig.from_sources({"library": {"catalog": "rest"}}, {"commodity_library": "/c"})
+
+
+def test_library_valid_choices() -> None:
+    for fmt in TABLE_FORMATS:
+        TableFormatConfig(format=fmt)
+    TableFormatConfig(format="iceberg", catalog="hive")
+    TableFormatConfig(catalog="hive", catalog_uri="thrift://hms:9083", warehouse="s3://w")
+    TableFormatConfig(catalog="glue", warehouse="s3://w", catalog_name="_Lake2")
+    TableFormatConfig(catalog="rest", catalog_uri="http://catalog:8181", namespace="n_1")
+
+
+ICEBERG_CATALOG_CLASS = "org.apache.iceberg.spark.SparkCatalog"
+
+
+@pytest.mark.parametrize(
+    ("changes", "expected"),
+    [
+        ({}, {}),
+        ({"catalog": "rest", "catalog_uri": "http://c:8181"}, {}),  # parquet: nothing
+        ({"format": "iceberg"}, {}),  # hadoop: the library registers its catalog itself
+        (
+            {"format": "iceberg", "catalog": "hive"},
+            {
+                "spark.sql.catalog.prodclf": ICEBERG_CATALOG_CLASS,
+                "spark.sql.catalog.prodclf.type": "hive",
+            },
+        ),
+        (
+            {
+                "format": "iceberg",
+                "catalog": "hive",
+                "catalog_name": "lake",
+                "catalog_uri": "thrift://hms:9083",
+                "warehouse": "s3://lake/wh",
+            },
+            {
+                "spark.sql.catalog.lake": ICEBERG_CATALOG_CLASS,
+                "spark.sql.catalog.lake.type": "hive",
+                "spark.sql.catalog.lake.uri": "thrift://hms:9083",
+                "spark.sql.catalog.lake.warehouse": "s3://lake/wh",
+            },
+        ),
+        (
+            {"format": "iceberg", "catalog": "glue", "warehouse": "s3://lake/wh"},
+            {
+                "spark.sql.catalog.prodclf": ICEBERG_CATALOG_CLASS,
+                "spark.sql.catalog.prodclf.catalog-impl": "org.apache.iceberg.aws.glue.GlueCatalog",
+                "spark.sql.catalog.prodclf.io-impl": "org.apache.iceberg.aws.s3.S3FileIO",
+                "spark.sql.catalog.prodclf.warehouse": "s3://lake/wh",
+            },
+        ),
+        (
+            {"format": "iceberg", "catalog": "rest", "catalog_uri": "http://c:8181"},
+            {
+                "spark.sql.catalog.prodclf": ICEBERG_CATALOG_CLASS,
+                "spark.sql.catalog.prodclf.type": "rest",
+                "spark.sql.catalog.prodclf.uri": "http://c:8181",
+            },
+        ),
+        (
+            {
+                "format": "iceberg",
+                "catalog": "rest",
+                "catalog_uri": "http://c:8181",
+                "warehouse": "wh1",
+            },
+            {
+                "spark.sql.catalog.prodclf": ICEBERG_CATALOG_CLASS,
+                "spark.sql.catalog.prodclf.type": "rest",
+                "spark.sql.catalog.prodclf.uri": "http://c:8181",
+                "spark.sql.catalog.prodclf.warehouse": "wh1",
+            },
+        ),
+    ],
+    ids=["parquet", "parquet-rest", "hadoop", "hive", "hive-full", "glue", "rest", "rest-wh"],
+)
+def test_library_spark_settings(changes: dict, expected: dict) -> None:
+    settings = TableFormatConfig(**changes).spark_settings()
+    if changes.get("format") == "iceberg":
+        expected = {"spark.sql.extensions": ICEBERG_EXTENSIONS, **expected}
+    assert settings == expected
+    assert ICEBERG_EXTENSIONS == "org.apache.iceberg.spark.extensions.IcebergSparkSessionExtensions"
+
+
+def test_migrate_to_iceberg() -> None:
+    assert MigrateConfig(commodity_library="/c").to is None
+    cfg = MigrateConfig.from_sources(
+        {"library": {"catalog": "glue", "warehouse": "s3://w"}},
+        {"commodity_library": "/c", "to": "iceberg"},
+    )
+    assert cfg.to == "iceberg"
+    # The library's format after the migration: the session gets Iceberg's settings.
+    assert (cfg.library.format, cfg.library.catalog) == ("iceberg", "glue")
+    assert cfg.library.spark_settings()["spark.sql.extensions"] == ICEBERG_EXTENSIONS
+    with pytest.raises(ConfigError) as info:
+        MigrateConfig.from_sources({}, {"commodity_library": "/c", "to": "delta"})
+    assert str(info.value) == "--to must be one of iceberg, not 'delta'"
