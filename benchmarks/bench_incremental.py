@@ -24,11 +24,13 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from prodclf.config import SparkConfig, TagConfig
-from prodclf.schemas import COMMODITY_LIBRARY, CURRENT_TAGS
+from prodclf.library.manifest import RunManifest
+from prodclf.library.table import CommodityLibrary, Transaction
+from prodclf.schemas import COMMODITY_LIBRARY
 from prodclf.session import create_session
-from prodclf.storage import tables, warehouse
-from prodclf.tagging.current import merge_current
 from prodclf.tagging.job import plan_selection, read_inputs
+
+YESTERDAY = date(2026, 11, 20)
 
 
 def size_mb(path: Path) -> float:
@@ -55,41 +57,53 @@ def base_rows(spark: SparkSession, rows: int, change: float, today: bool) -> Dat
     )
 
 
-def current_rows(base: DataFrame) -> DataFrame:
-    """Yesterday's tags_current: every product tagged ok by model 1, 0.5% fetch_failed."""
+def yesterday_rows(base: DataFrame) -> DataFrame:
+    """Yesterday's full run: every product tagged ok by model 1, 0.5% fetch_failed."""
     h = F.abs(F.hash("product_id")) % 1000
     failed = h < 5
     at = datetime(2026, 11, 20, 3, tzinfo=timezone.utc)
     cols: dict[str, Any] = {
         "product_id": F.col("product_id"),
-        "active": F.lit(True),
-        "inactive_since": F.lit(None),
-        "status": F.when(failed, "error").otherwise("ok"),
+        "image_uri": F.col("image_uri"),
         "category": F.when(~failed, F.concat(F.lit("cat-"), (h % 40).cast("string"))),
         "category_id": F.when(~failed, (h % 40).cast("string")),
-        "category_path": F.lit(None),
         "confidence": F.when(~failed, F.lit(0.9)),
-        "top_k": F.lit(None),
         "needs_review": F.lit(False),
-        "image_uri": F.when(~failed, F.col("image_uri")),
-        "model_name": F.when(~failed, F.lit("bench")),
-        "model_version": F.when(~failed, F.lit("1")),
-        "run_id": F.when(~failed, F.lit("yesterday")),
-        "run_date": F.when(~failed, F.lit(date(2026, 11, 20))),
-        "tagged_at": F.when(~failed, F.lit(at)),
+        "status": F.when(failed, "error").otherwise("ok"),
         "error_code": F.when(failed, F.lit("fetch_failed")),
         "error_message": F.when(failed, F.lit("S3 error SlowDown")),
-        "error_run_id": F.when(failed, F.lit("yesterday")),
-        "error_at": F.when(failed, F.lit(at)),
-        "attempt_image_uri": F.col("image_uri"),
-        "attempt_change": F.col("image_updated_at"),
-        "attempt_model_version": F.lit("1"),
-        "updated_run_id": F.lit("yesterday"),
+        "model_name": F.lit("bench"),
+        "model_version": F.lit("1"),
+        "tagged_at": F.lit(at),
+        "reason": F.lit("new"),
+        "change_value": F.col("image_updated_at"),
+        "run_date": F.lit(YESTERDAY),
+        "run_id": F.lit("yesterday"),
     }
-    return base.select(*[cols[f.name].cast(f.dataType).alias(f.name) for f in CURRENT_TAGS])
+    return base.select(
+        *[cols.get(f.name, F.lit(None)).cast(f.dataType).alias(f.name) for f in COMMODITY_LIBRARY]
+    )
 
 
-def run_rows(selected: DataFrame) -> DataFrame:
+def commit_run(
+    spark: SparkSession,
+    library: CommodityLibrary,
+    txn: Transaction,
+    rows: DataFrame,
+    products: int,
+    new_products: int,
+    mode: str,
+) -> float:
+    """A run's write and commit through the library, as ``prodclf tag`` does; seconds."""
+    t0 = time.perf_counter()
+    with library.lock(f"bench {txn.run_id}", run_id=txn.run_id).held() as lock:
+        library.write_run_rows(txn, rows)
+        manifest = RunManifest(txn.run_id, txn.run_date, mode=mode, products_in=products)
+        library.commit(spark, txn, manifest, lock, new_products=new_products)
+    return time.perf_counter() - t0
+
+
+def run_rows(selected: DataFrame, run_id: str) -> DataFrame:
     """What a run writes for the selected products: every one tagged ok by model 2."""
     at = datetime(2026, 11, 21, 3, tzinfo=timezone.utc)
     cols: dict[str, Any] = {
@@ -106,7 +120,7 @@ def run_rows(selected: DataFrame) -> DataFrame:
         "reason": F.col("reason"),
         "change_value": F.col("change_value"),
         "run_date": F.lit(date(2026, 11, 21)),
-        "run_id": F.lit("bench"),
+        "run_id": F.lit(run_id),
     }
     return selected.select(
         *[cols.get(f.name, F.lit(None)).cast(f.dataType).alias(f.name) for f in COMMODITY_LIBRARY]
@@ -129,11 +143,10 @@ def main() -> None:
         SparkConfig(master=args.master, app_name="prodclf-bench-incremental"), 256
     )
     lib = str(work / "commodity")
+    library = CommodityLibrary(lib)
     yesterday = base_rows(spark, args.rows, args.change, today=False)
-    snapshot = warehouse.snapshot_name(1, "yesterday")
-    tables.write_current_snapshot(current_rows(yesterday), lib, snapshot, args.rows)
-    warehouse.write_pointer(lib, warehouse.Pointer(1, snapshot, "yesterday", args.rows, "now"))
-    warehouse.create_layout(lib)
+    txn = library.begin(spark, "yesterday", YESTERDAY)
+    commit_run(spark, library, txn, yesterday_rows(yesterday), args.rows, args.rows, "full")
     base_path = work / "base"
     base_rows(spark, args.rows, args.change, today=True).write.parquet(str(base_path))
 
@@ -151,30 +164,27 @@ def main() -> None:
     for i in range(args.repeats + 1):
         t0 = time.perf_counter()
         inputs = read_inputs(cfg, spark)  # the base library, as a run reads it
-        current = tables.read_current(spark, lib)
+        current = library.read_current(spark)
         result = plan_selection(cfg, inputs, current, "1")
         result.products.unpersist()
         seconds = time.perf_counter() - t0
         if i:  # the first round warms the JVM up
             timings.append(seconds)
     assert result is not None
-    # The rest of an incremental run's table work: the next tags_current snapshot
-    # (previous snapshot + the run's rows, written in full beside the old one).
-    merge_times = []
-    for i in range(2):
-        inputs = read_inputs(cfg, spark)
-        current = tables.read_current(spark, lib)
-        chosen = plan_selection(cfg, inputs, current, "1")
-        written = run_rows(chosen.products)
-        t0 = time.perf_counter()
-        merged = merge_current(
-            current, written, run_id="bench", run_date=cfg.run_date, full_run=False
-        )
-        tables.write_current_snapshot(
-            merged, lib, warehouse.snapshot_name(2 + i, "bench"), args.rows
-        )
-        merge_times.append(time.perf_counter() - t0)
-        chosen.products.unpersist()
+    # The rest of an incremental run's table work: its history rows, then the commit
+    # (the next tags_current: previous snapshot + the run's rows, written beside the old one).
+    # One run: a second one would find nothing left to tag.
+    inputs = read_inputs(cfg, spark)
+    txn = library.begin(spark, "bench", cfg.run_date)
+    chosen = plan_selection(cfg, inputs, txn.current, "1")
+    written = run_rows(chosen.products, txn.run_id)
+    commit_seconds = commit_run(
+        spark, library, txn, written, chosen.total, chosen.new_products, "incremental"
+    )
+    chosen.products.unpersist()
+    snapshot = library.current_location()
+    assert snapshot is not None
+    where = Path(snapshot.removeprefix("file://"))
     out = {
         "rows": args.rows,
         "change": args.change,
@@ -182,12 +192,12 @@ def main() -> None:
         "cores": spark.sparkContext.defaultParallelism,
         "selection_seconds": [round(t, 2) for t in timings],
         "median_seconds": round(statistics.median(timings), 2),
-        "snapshot_seconds": [round(t, 2) for t in merge_times],
+        "commit_seconds": round(commit_seconds, 2),
         "selected": result.total,
         "reasons": result.reasons,
         "base_library_mb": size_mb(base_path),
-        "tags_current_mb": size_mb(work / "commodity" / snapshot),
-        "tags_current_files": len(list((work / "commodity" / snapshot).glob("*.parquet"))),
+        "tags_current_mb": size_mb(where),
+        "tags_current_files": len(list(where.glob("*.parquet"))),
     }
     print(json.dumps(out, indent=2))
     (work.parent / "incremental.json").write_text(json.dumps(out, indent=2) + "\n")

@@ -316,10 +316,11 @@ def tag_catalog(
 ) -> dict[str, Any]:
     """One tagging run for today's date: ``full`` over the catalog, or ``incremental``
     over the catalog a day later (only what changed is tagged)."""
-    from prodclf.storage import warehouse
+    from prodclf.library.layout import LAYOUT_V1
+    from prodclf.library.table import CommodityLibrary
     from prodclf.tagging.job import run_tag, tag_preflight
 
-    if warehouse.layout_of(str(layout.commodity)) == warehouse.LAYOUT_V1:
+    if CommodityLibrary(str(layout.commodity)).layout_version() == LAYOUT_V1:
         from prodclf.config import MigrateConfig
         from prodclf.tagging.library import run_migrate
 
@@ -345,13 +346,14 @@ def demo_accuracy(layout: Layout, spark: Any, manifest: dict[str, Any]) -> dict[
     """Accuracy of this run's ok rows against the known labels (class and taxonomy id)."""
     from pyspark.sql import functions as F
 
+    from prodclf.library.table import CommodityLibrary
     from prodclf.schemas import STATUS_OK
-    from prodclf.storage import tables
     from prodclf.storage.uris import spark_location
 
     run_date = datetime.strptime(manifest["run_date"], "%Y-%m-%d").date()
-    rows = tables.read_commodity_run(spark, str(layout.commodity), run_date).where(
-        (F.col("run_id") == manifest["run_id"]) & (F.col("status") == STATUS_OK)
+    library = CommodityLibrary(str(layout.commodity))
+    rows = library.read_history(spark, run_date, manifest["run_id"]).where(
+        F.col("status") == STATUS_OK
     )
     truth = spark.read.parquet(spark_location(str(layout.truth)))
     per_class = (

@@ -97,6 +97,24 @@ S3A_JARS = tuple(
 )
 
 
+#: The Iceberg runtime stand-in built by `make iceberg-jar` (infra/build_iceberg_jar.py):
+#: Spark 3.5 only (no Spark 4 runtime is on PyPI).
+ICEBERG_JAR = ROOT / ".cache" / "jars" / "iceberg-spark-runtime-3.5_2.12-1.10.2-standin.jar"
+
+
+def iceberg_jars() -> tuple[Path, ...]:
+    """The stand-in jar when it is built and this is Spark 3.5; CI must have built it."""
+    import pyspark
+
+    if not pyspark.__version__.startswith("3.5"):
+        return ()
+    if not ICEBERG_JAR.exists():
+        if os.environ.get("CI"):
+            raise RuntimeError(f"{ICEBERG_JAR} is missing: `make iceberg-jar` must run first")
+        return ()
+    return (ICEBERG_JAR,)
+
+
 def s3a_jars() -> tuple[Path, ...]:
     """The s3a jars when both are cached, else (): only the s3a tier needs them
     (storage/test_s3a.py, tagging/test_library_s3.py)."""
@@ -105,14 +123,17 @@ def s3a_jars() -> tuple[Path, ...]:
 
 @pytest.fixture(scope="session")
 def spark(s3_endpoint: str) -> Iterator[object]:
-    from prodclf.config import SparkConfig
+    from prodclf.config import SparkConfig, TableFormatConfig
     from prodclf.session import create_session
 
     # Through the package's own hook (PRODCLF_SPARK_JARS), only while this JVM starts:
     # jobs that tests start with spark-submit must not inherit it.
     saved = os.environ.get("PRODCLF_SPARK_JARS")
-    if saved is None and s3a_jars():
-        os.environ["PRODCLF_SPARK_JARS"] = ",".join(str(p) for p in s3a_jars())
+    jars = [*s3a_jars(), *iceberg_jars()]
+    if saved is None and jars:
+        os.environ["PRODCLF_SPARK_JARS"] = ",".join(str(p) for p in jars)
+    # Iceberg's SQL extensions (MERGE INTO, CALL) where its runtime is on the classpath.
+    iceberg = TableFormatConfig(format="iceberg").spark_settings() if iceberg_jars() else {}
     try:
         session = create_session(
             SparkConfig(
@@ -122,6 +143,7 @@ def spark(s3_endpoint: str) -> Iterator[object]:
                 conf=(("spark.ui.enabled", "false"), ("spark.driver.memory", "2g")),
             ),
             arrow_batch_size=16,
+            extra=iceberg,
         )
     finally:
         if saved is None:

@@ -23,9 +23,10 @@ from pyspark.sql import functions as F
 
 from prodclf.config import SPLIT_ALIASES, EvaluateConfig
 from prodclf.errors import ConfigError, InputError, worker_setup_fails_run
+from prodclf.library.table import CommodityLibrary
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_OK, check_columns
-from prodclf.storage import objects, tables, warehouse
+from prodclf.storage import objects, tables
 from prodclf.storage.uris import is_same_or_inside, normalize_location, parse_uri
 from prodclf.tagging.transforms import RunInfo, plan_partitions, tag_products
 from prodclf.tagging.udf import tag_images_udf
@@ -45,7 +46,7 @@ def evaluate_preflight(cfg: EvaluateConfig) -> BundleMeta | None:
         raise ConfigError(f"--split {cfg.split!r} is not one of {', '.join(SPLIT_ALIASES)}")
     if cfg.commodity_library:
         tables.require_dataset(cfg.commodity_library, "commodity library")
-        warehouse.require_layout(cfg.commodity_library)
+        CommodityLibrary(cfg.commodity_library, table=cfg.library).require_layout()
         return None
     assert cfg.model is not None
     return read_meta(cfg.model)
@@ -96,12 +97,11 @@ def tags_of_run(spark: SparkSession, cfg: EvaluateConfig) -> DataFrame:
     """The rows of ``run_id``, or of the date's complete runs (a product tagged by several
     runs that day, a nightly and a backfill, counts with its latest row)."""
     assert cfg.commodity_library is not None and cfg.run_date is not None
-    rows = tables.read_commodity_run(
-        spark, cfg.commodity_library, cfg.run_date, cfg.storage.spark_s3_scheme, cfg.run_id
-    )
+    library = CommodityLibrary(cfg.commodity_library, cfg.storage.spark_s3_scheme, cfg.library)
+    rows = library.read_history(spark, cfg.run_date, cfg.run_id)
     if cfg.run_id:
         return rows
-    complete = set(warehouse.manifest_ids(cfg.commodity_library))
+    complete = set(library.manifest_ids())
     latest = Window.partitionBy("product_id").orderBy(F.desc("tagged_at"), F.desc("run_id"))
     return (
         rows.where(F.col("run_id").isin(sorted(complete)))

@@ -1,18 +1,14 @@
-"""The Parquet libraries and run manifests: the only code that knows dataset locations.
+"""The input datasets (the base library, product lists, labels): checks and Spark reads.
 
-The commodity library's own layout (history, current snapshots, pointer, lock, runs
-table) is ``prodclf.storage.warehouse``; the Spark reads and writes of its tables are here.
+The commodity library, which prodclf writes, is ``prodclf.library``'s alone.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,18 +19,10 @@ from pyspark.sql.types import DataType, NullType, StringType, StructField, Struc
 from prodclf.errors import ConfigError, InputError
 from prodclf.schemas import (
     BASE_LIBRARY_REQUIRED,
-    COMMODITY_LIBRARY,
-    CURRENT_TAGS,
-    HISTORY_PARTITION_COLUMNS,
     check_columns,
-    check_matches,
 )
-from prodclf.storage import objects, warehouse
+from prodclf.storage import objects
 from prodclf.storage.uris import is_same_or_inside, normalize_location, spark_location
-
-RUNS_DIR = warehouse.MANIFESTS
-#: Rows per tags_current file: big enough for few files, small enough to write in parallel.
-CURRENT_ROWS_PER_FILE = 2_000_000
 
 
 def require_dataset(location: str, what: str) -> None:
@@ -204,137 +192,6 @@ def sample_values(
     return found
 
 
-def write_history_run(df: DataFrame, location: str, s3_scheme: str = "s3a") -> None:
-    """Write one run's rows into ``tags_history``, replacing only its own partition.
-
-    Partitioned by ``run_date`` and ``run_id``: several runs of a date coexist, and
-    dynamic partition overwrite replaces exactly this run's partition at job commit.
-    """
-    check_matches(df.schema, COMMODITY_LIBRARY, "commodity rows")
-    (
-        df.write.mode("overwrite")
-        .option("partitionOverwriteMode", "dynamic")
-        .partitionBy(*HISTORY_PARTITION_COLUMNS)
-        .parquet(spark_location(warehouse.history_uri(location), s3_scheme))
-    )
-
-
-def read_history(
-    spark: SparkSession,
-    location: str,
-    s3_scheme: str = "s3a",
-    run_date: date | None = None,
-    run_id: str | None = None,
-) -> DataFrame:
-    """``tags_history`` rows (with the contract's schema), optionally of one date or run.
-
-    One run is read from its own directory, without listing the rest of the history.
-    Columns added after a partition was written read as null.
-    """
-    base = spark_location(warehouse.history_uri(location), s3_scheme)
-    if run_date is not None and run_id is not None:
-        where = warehouse.history_partition_uri(location, run_date, run_id)
-    elif run_date is not None:
-        where = warehouse.path(location, warehouse.HISTORY, f"run_date={run_date.isoformat()}")
-    else:
-        where = warehouse.history_uri(location)
-    if not objects.exists(where):
-        return spark.createDataFrame([], COMMODITY_LIBRARY)
-    reader = spark.read.schema(COMMODITY_LIBRARY).option("basePath", base)
-    df = reader.parquet(spark_location(where, s3_scheme))
-    if run_date is not None:
-        df = df.where(F.col("run_date") == F.lit(run_date))
-    if run_id is not None:
-        df = df.where(F.col("run_id") == F.lit(run_id))
-    return df
-
-
-def read_commodity_run(
-    spark: SparkSession,
-    location: str,
-    run_date: date,
-    s3_scheme: str = "s3a",
-    run_id: str | None = None,
-) -> DataFrame:
-    """The history rows of one ``run_date`` (of every run that date, or of ``run_id``)."""
-    return read_history(spark, location, s3_scheme, run_date=run_date, run_id=run_id)
-
-
-def write_current_snapshot(
-    df: DataFrame, location: str, snapshot: str, rows_hint: int, s3_scheme: str = "s3a"
-) -> str:
-    """Write a new ``tags_current`` snapshot directory (never the one readers use).
-
-    Sorted by ``product_id`` within a few files, so Parquet row-group statistics let
-    DuckDB and Spark skip most of a file when looking up products.
-    """
-    check_matches(df.schema, CURRENT_TAGS, "current tags")
-    uri = warehouse.path(location, snapshot)
-    files = max(1, -(-rows_hint // CURRENT_ROWS_PER_FILE))
-    (
-        df.repartition(files, "product_id")
-        .sortWithinPartitions("product_id")
-        .write.mode("overwrite")
-        .parquet(spark_location(uri, s3_scheme))
-    )
-    return uri
-
-
-def read_snapshot(
-    spark: SparkSession, location: str, snapshot: str | None, s3_scheme: str = "s3a"
-) -> DataFrame:
-    """One ``tags_current`` snapshot (relative path), or an empty table for None."""
-    if snapshot is None:
-        return spark.createDataFrame([], CURRENT_TAGS)
-    uri = warehouse.path(location, snapshot)
-    return spark.read.schema(CURRENT_TAGS).parquet(spark_location(uri, s3_scheme))
-
-
-def read_current(spark: SparkSession, location: str, s3_scheme: str = "s3a") -> DataFrame:
-    """``tags_current`` as the pointer names it (empty before the first run)."""
-    pointer = warehouse.read_pointer(location)
-    return read_snapshot(spark, location, pointer.snapshot if pointer else None, s3_scheme)
-
-
-#: The rows of the first layout (run_date partitions at the root), for ``prodclf migrate``.
-FIRST_LAYOUT_COLUMNS = (
-    "product_id",
-    "image_uri",
-    "category",
-    "category_id",
-    "category_path",
-    "confidence",
-    "top_k",
-    "needs_review",
-    "status",
-    "error_code",
-    "error_message",
-    "model_name",
-    "model_version",
-    "run_id",
-    "tagged_at",
-    "run_date",
-)
-
-
-def read_first_layout(
-    spark: SparkSession, location: str, partitions: list[str], s3_scheme: str = "s3a"
-) -> DataFrame:
-    """The rows of a first-layout library's ``run_date=`` partition directories.
-
-    The directories are named, not discovered, so nothing else below the root is read.
-    """
-    from pyspark.sql.types import StructType
-
-    by_name = {f.name: f for f in COMMODITY_LIBRARY.fields}
-    schema = StructType([by_name[c] for c in FIRST_LAYOUT_COLUMNS])
-    if not partitions:
-        return spark.createDataFrame([], schema)
-    paths = [spark_location(warehouse.path(location, p), s3_scheme) for p in partitions]
-    reader = spark.read.schema(schema).option("basePath", spark_location(location, s3_scheme))
-    return reader.parquet(*paths)
-
-
 def read_product_list(spark: SparkSession, location: str, s3_scheme: str = "s3a") -> DataFrame:
     """A list of product ids: ``.txt`` (one a line; blank and ``#`` lines skipped), ``.csv``
     (a ``product_id`` column, or a single column without header) or Parquet (a
@@ -367,19 +224,6 @@ def read_product_list(spark: SparkSession, location: str, s3_scheme: str = "s3a"
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"--products {location}: not a readable list ({first})") from None
     return ids.where(F.col("product_id").isNotNull()).distinct()
-
-
-def manifest_uri(location: str, run_id: str) -> str:
-    return warehouse.manifest_uri(location, run_id)
-
-
-def write_manifest(location: str, manifest: dict[str, Any]) -> str:
-    return warehouse.write_manifest(location, manifest)
-
-
-def read_manifest(location: str, run_id: str) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(objects.read_bytes(manifest_uri(location, run_id)))
-    return data
 
 
 def write_string_table(folder: Path, columns: dict[str, list[str]]) -> None:

@@ -1,22 +1,22 @@
-"""The catalog-tagging job: select products, classify them, write one run, update the tables.
+"""The catalog-tagging job: select products, classify them, commit one run to the library.
 
 ``tag_preflight`` refuses bad input before Spark starts; ``run_tag`` does the work on an
 injected SparkSession, given what the preflight returned. One run, under the library's
-lock:
+lock, reads as: select, tag, ``library.commit``:
 
-1. select the products (``full``, ``incremental`` or ``backfill``; see
-   ``prodclf.tagging.selection``) against the current ``tags_current`` snapshot;
-2. tag them and write the run's own ``tags_history`` partition (``run_date``, ``run_id``);
-3. read the partition back and check it holds one row per selected product;
-4. write the next ``tags_current`` snapshot (previous snapshot + this run's rows);
-5. write the manifest (last of the run's data: its presence marks the run complete),
-   then swap the ``tags_current`` pointer, rebuild the ``runs`` table, update the Spark
-   SQL catalog and write the report.
+1. ``library.begin``: the ``tags_current`` the run selects against, and the version of
+   the pointer its commit will be conditional on;
+2. select the products (``full``, ``incremental`` or ``backfill``; see
+   ``prodclf.tagging.selection``);
+3. tag them, judge the error rates, and write the run's ``tags_history`` partition;
+4. read the partition back and check it holds one row per selected product;
+5. ``library.commit``: the next ``tags_current``, the manifest, the pointer swap (the
+   commit; see ``prodclf.library.table``); then the ``runs`` table, the catalog and the
+   report.
 
-A run killed before 5 leaves no manifest and ``tags_current`` untouched; rerunning the
-same ``run_id`` redoes it. A run killed between the manifest and the pointer swap is
-finished by the next command on the library (``roll_forward``). A rerun of a complete
-``run_id`` changes nothing and returns its manifest.
+A run killed before its commit leaves the library as it was; rerunning the same
+``run_id`` redoes it. A rerun of a complete ``run_id`` changes nothing and returns its
+manifest.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -32,14 +31,16 @@ from pyspark.sql import functions as F
 
 import prodclf
 from prodclf.config import TagConfig
-from prodclf.errors import ConfigError, InputError, RunFailed, worker_setup_fails_run
+from prodclf.errors import ConfigError, InputError, worker_setup_fails_run
+from prodclf.library.lock import LibraryLock
+from prodclf.library.manifest import RunManifest, now
+from prodclf.library.table import CommodityLibrary, Transaction
 from prodclf.model.bundle import BundleMeta, read_meta
 from prodclf.schemas import STATUS_ERROR, STATUS_OK
-from prodclf.storage import objects, tables, warehouse
+from prodclf.storage import tables
 from prodclf.storage.uris import is_same_or_inside, normalize_location
 from prodclf.tagging import checks
 from prodclf.tagging import selection as sel
-from prodclf.tagging.current import merge_current
 from prodclf.tagging.progress import Progress
 from prodclf.tagging.transforms import RunInfo, plan_partitions, select_products, tag_selected
 from prodclf.tagging.udf import tag_images_udf
@@ -77,7 +78,7 @@ def tag_preflight(cfg: TagConfig) -> BundleMeta:
     if is_same_or_inside(out, cfg.model) or is_same_or_inside(cfg.model, out):
         raise ConfigError(f"--commodity-library {out} overlaps the model bundle {cfg.model}")
     tables.require_dataset(base, "base library")
-    warehouse.require_layout(out)
+    CommodityLibrary(out, table=cfg.library).require_layout()
     if cfg.products:
         tables.require_dataset(cfg.products, "--products list")
     meta = read_meta(cfg.model)
@@ -184,36 +185,39 @@ def plan_selection(
 
 
 def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, Any]:
-    """Run ``cfg.mode`` for ``cfg.run_date``; returns the manifest (or the dry-run counts).
+    """Run ``cfg.mode`` for ``cfg.run_date``; returns the manifest (or the dry-run counts)
+    as the command prints it.
 
     ``meta`` is the bundle metadata ``tag_preflight`` returned.
     """
     inputs = read_inputs(cfg, spark)
+    library = CommodityLibrary(cfg.commodity_library, cfg.storage.spark_s3_scheme, cfg.library)
     if cfg.dry_run:
-        return dry_run(cfg, spark, meta, inputs)
-    out = cfg.commodity_library
-    lock = warehouse.LibraryLock(out, f"prodclf tag {cfg.mode} run {cfg.run_id}", cfg.lock_ttl_s)
-    with lock.held():
-        manifests = roll_forward(out)
-        done = next((m for m in manifests if m.get("run_id") == cfg.run_id), None)
+        return dry_run(cfg, spark, meta, inputs, library)
+    owner = f"prodclf tag {cfg.mode} run {cfg.run_id}"
+    with library.lock(owner, cfg.lock_ttl_s, cfg.run_id).held() as lock:
+        manifests = library.roll_forward(spark)
+        done = next((m for m in manifests if m.run_id == cfg.run_id), None)
         if done is not None:
             log.warning("run %s is already complete; nothing to do", cfg.run_id)
-            finish_tables(cfg, spark, manifests, done)
-            return {**done, "manifest_uri": warehouse.manifest_uri(out, cfg.run_id)}
-        manifest = tag_run(cfg, spark, meta, lock, inputs)
-        finish_tables(cfg, spark, [*manifests, manifest], manifest)
-    write_report(cfg, spark, manifest)
-    return manifest
+            register(cfg, spark, library, done)
+            return done.to_dict()
+        manifest = tag_run(cfg, spark, meta, library, lock, inputs)
+        register(cfg, spark, library, manifest)
+    write_report(cfg, spark, library, manifest)
+    return manifest.to_dict()
 
 
 def dry_run(
-    cfg: TagConfig, spark: SparkSession, meta: BundleMeta, inputs: Inputs
+    cfg: TagConfig,
+    spark: SparkSession,
+    meta: BundleMeta,
+    inputs: Inputs,
+    library: CommodityLibrary,
 ) -> dict[str, Any]:
     """How many products the run would tag, and why. Nothing is written, no lock taken."""
-    pointer = warehouse.read_pointer(cfg.commodity_library)
-    current = tables.read_snapshot(
-        spark, cfg.commodity_library, pointer.snapshot if pointer else None
-    )
+    pointer = library.pointer()
+    current = library.read_current(spark)
     chosen = plan_selection(cfg, inputs, current, meta.model_version)
     chosen.products.unpersist()
     return {
@@ -230,7 +234,7 @@ def dry_run(
         "unknown_product_id_examples": chosen.unknown_examples,
         "base_products": inputs.counts.distinct_products,
         "current_rows": pointer.rows if pointer else 0,
-        "commodity_library": normalize_location(cfg.commodity_library),
+        "commodity_library": library.root,
     }
 
 
@@ -238,28 +242,65 @@ def tag_run(
     cfg: TagConfig,
     spark: SparkSession,
     meta: BundleMeta,
-    lock: warehouse.LibraryLock,
+    library: CommodityLibrary,
+    lock: LibraryLock,
     inputs: Inputs,
-) -> dict[str, Any]:
-    """Steps 1-5 of one run (the caller holds the lock); returns the manifest it wrote."""
-    started = _now()
-    out, s3 = cfg.commodity_library, cfg.storage.spark_s3_scheme
-    counts = inputs.counts
-    pointer = warehouse.read_pointer(out)
-    previous = pointer.snapshot if pointer else None
-    current = tables.read_snapshot(spark, out, previous, s3)
-    chosen = plan_selection(cfg, inputs, current, meta.model_version)
+) -> RunManifest:
+    """Select, tag, commit (the caller holds the lock); returns the committed manifest."""
+    started = now()
+    txn = library.begin(spark, cfg.run_id, cfg.run_date)
+    chosen = plan_selection(cfg, inputs, txn.current, meta.model_version)
     log.info(
-        "run %s (%s): %d product(s) to tag %s",
-        cfg.run_id,
-        cfg.mode,
-        chosen.total,
-        chosen.reasons,
+        "run %s (%s): %d product(s) to tag %s", cfg.run_id, cfg.mode, chosen.total, chosen.reasons
+    )
+    tag_seconds, progress = tag_and_write(cfg, spark, meta, library, txn, chosen, started)
+    written = library.run_rows(spark, txn)
+    checks.verify_read_back(written, cfg.run_id, chosen.total)
+    counts = inputs.counts
+    manifest = RunManifest(
+        run_id=cfg.run_id,
+        run_date=cfg.run_date,
+        mode=cfg.mode,
+        selection=cfg.selection,
+        reasons=chosen.reasons,
+        unknown_product_ids=chosen.unknown_product_ids,
+        model_name=meta.model_name,
+        model_version=meta.model_version,
+        started_at=started,
+        finished_at=now(),
+        products_in=chosen.total,
+        base_products=counts.distinct_products,
+        base_rows=counts.rows,
+        null_product_ids=counts.null_product_ids,
+        duplicate_product_rows=counts.duplicate_rows,
+        **run_summary(written),
+        images_per_second=round(chosen.total / max(tag_seconds, 1e-9), 2),
+        tag_seconds=round(tag_seconds, 3),
+        progress=progress.samples[-200:],
+        review_threshold=cfg.inference.review_threshold,
+        base_library=normalize_location(cfg.base_library),
+        model_uri=normalize_location(cfg.model),
+        prodclf_version=prodclf.__version__,
+    )
+    return library.commit(
+        spark,
+        txn,
+        manifest,
+        lock,
+        new_products=chosen.new_products,
     )
 
-    warehouse.create_layout(out)
-    # Debris of a killed attempt of this very run id (it has no manifest): start clean.
-    objects.delete_tree(warehouse.history_partition_uri(out, cfg.run_date, cfg.run_id))
+
+def tag_and_write(
+    cfg: TagConfig,
+    spark: SparkSession,
+    meta: BundleMeta,
+    library: CommodityLibrary,
+    txn: Transaction,
+    chosen: Selection,
+    started: Any,
+) -> tuple[float, Progress]:
+    """Tag the selection and write the run's rows; (the tag stage's seconds, its progress)."""
     run = RunInfo(cfg.run_id, cfg.run_date, meta.model_name, meta.model_version, started)
     udf = tag_images_udf(
         normalize_location(cfg.model), cfg.storage, cfg.inference, meta.fingerprint
@@ -286,137 +327,36 @@ def tag_run(
     with progress, worker_setup_fails_run(f"run {cfg.run_id}"):
         # Rows are judged (error rates) before anything of the run is written.
         rows = checks.gate_error_rates(rows, cfg.run_id, chosen.total, cfg.checks)
-        tables.write_history_run(rows, out, s3)
+        library.write_run_rows(txn, rows)
     rows.unpersist()
-    tag_seconds = time.perf_counter() - t0
     chosen.products.unpersist()
-
-    written = tables.read_history(spark, out, s3, cfg.run_date, cfg.run_id)
-    checks.verify_read_back(written, cfg.run_id, chosen.total)
-    summary = run_summary(written)
-
-    # The next tags_current snapshot, written beside the current one (never over it).
-    nxt = pointer
-    if chosen.total or pointer is None:
-        version = (pointer.version if pointer else 0) + 1
-        snapshot = warehouse.snapshot_name(version, cfg.run_id)
-        merged = merge_current(
-            current,
-            written,
-            run_id=cfg.run_id,
-            run_date=cfg.run_date,
-            full_run=cfg.mode == "full",
-        )
-        expected = (pointer.rows if pointer else 0) + chosen.new_products
-        tables.write_current_snapshot(merged, out, snapshot, expected, s3)
-        found = tables.read_snapshot(spark, out, snapshot, s3).count()
-        if found != expected:
-            raise RunFailed(
-                f"run {cfg.run_id}: the new tags_current has {found} rows, expected "
-                f"{expected}; no manifest written, rerun it (same --run-id)"
-            )
-        nxt = warehouse.Pointer(version, snapshot, cfg.run_id, expected, _iso(_now()))
-    assert nxt is not None
-
-    manifest = {
-        "run_id": cfg.run_id,
-        "run_date": cfg.run_date.isoformat(),
-        "mode": cfg.mode,
-        "selection": cfg.selection,
-        "reasons": chosen.reasons,
-        "unknown_product_ids": chosen.unknown_product_ids,
-        "model_name": meta.model_name,
-        "model_version": meta.model_version,
-        "started_at": _iso(started),
-        "finished_at": _iso(_now()),
-        "products_in": chosen.total,
-        "base_products": counts.distinct_products,
-        "base_rows": counts.rows,
-        "null_product_ids": counts.null_product_ids,
-        "duplicate_product_rows": counts.duplicate_rows,
-        **summary,
-        "images_per_second": round(chosen.total / max(tag_seconds, 1e-9), 2),
-        "tag_seconds": round(tag_seconds, 3),
-        "progress": progress.samples[-200:],
-        "review_threshold": cfg.inference.review_threshold,
-        "current_version": nxt.version,
-        "current_snapshot": nxt.snapshot,
-        "current_rows": nxt.rows,
-        "previous_snapshot": previous,
-        "base_library": normalize_location(cfg.base_library),
-        "commodity_library": normalize_location(out),
-        "model_uri": normalize_location(cfg.model),
-        "report_uri": warehouse.report_uri(out, cfg.run_id),
-        "prodclf_version": prodclf.__version__,
-    }
-    lock.check()
-    manifest["manifest_uri"] = tables.write_manifest(out, manifest)
-    if nxt != pointer:
-        warehouse.write_pointer(out, nxt)
-    return manifest
+    return time.perf_counter() - t0, progress
 
 
-def roll_forward(location: str) -> list[dict[str, Any]]:
-    """Finish a commit cut short between a manifest and its pointer swap; the manifests."""
-    manifests = warehouse.read_manifests(location)
-    pointer = warehouse.read_pointer(location)
-    made = [m for m in manifests if m.get("current_snapshot")]
-    if made:
-        last = max(made, key=warehouse.run_order)
-        ahead = pointer is None or int(last["current_version"]) > pointer.version
-        if ahead and objects.exists(warehouse.path(location, last["current_snapshot"])):
-            log.warning(
-                "tags_current: finishing the commit of run %s (its pointer update was cut short)",
-                last["run_id"],
-            )
-            warehouse.write_pointer(
-                location,
-                warehouse.Pointer(
-                    int(last["current_version"]),
-                    str(last["current_snapshot"]),
-                    str(last["run_id"]),
-                    int(last["current_rows"]),
-                    _iso(_now()),
-                ),
-            )
-    return manifests
-
-
-def finish_tables(
-    cfg: TagConfig, spark: SparkSession, manifests: list[dict[str, Any]], manifest: dict[str, Any]
+def register(
+    cfg: TagConfig, spark: SparkSession, library: CommodityLibrary, manifest: RunManifest
 ) -> None:
-    """The runs table from the manifests, and the Spark SQL catalog (idempotent)."""
-    out = cfg.commodity_library
-    warehouse.write_runs_table(out, sorted(manifests, key=warehouse.run_order))
+    """The Spark SQL catalog (idempotent): the run's partition, the current snapshot."""
     if cfg.database:
-        day = datetime.strptime(str(manifest["run_date"]), "%Y-%m-%d").date()
-        partitions = [(day, str(manifest["run_id"]))] if manifest.get("rows_written") else []
-        warehouse.register_tables(spark, cfg.database, out, cfg.storage.spark_s3_scheme, partitions)
+        library.register(spark, cfg.database, [manifest])
 
 
-def write_report(cfg: TagConfig, spark: SparkSession, manifest: dict[str, Any]) -> None:
+def write_report(
+    cfg: TagConfig, spark: SparkSession, library: CommodityLibrary, manifest: RunManifest
+) -> None:
     """The run's HTML report beside its manifest; a failure is logged, the run stays complete."""
-    from prodclf.tagging.report import collect_report_data, render_html
+    from prodclf.tagging.report import build_report
 
-    out, s3 = cfg.commodity_library, cfg.storage.spark_s3_scheme
     try:
-        day = datetime.strptime(str(manifest["run_date"]), "%Y-%m-%d").date()
-        rows = tables.read_history(spark, out, s3, day, str(manifest["run_id"]))
-        before = manifest.get("previous_snapshot")
-        previous = tables.read_snapshot(spark, out, before, s3) if before else None
-        data = collect_report_data(rows, previous, manifest, cfg.inference.review_threshold)
-        if before is None:
-            data.previous_available = True  # the library's first run: nothing to churn from
-        uri = warehouse.report_uri(out, str(manifest["run_id"]))
-        objects.write_bytes(uri, render_html(data).encode())
+        uri = build_report(spark, library, manifest, cfg.inference.review_threshold)
         log.info("report: %s", uri)
     except Exception:
         log.exception(
             "run %s is complete, but its report failed; rebuild it with "
             "`prodclf report %s --commodity-library %s`",
-            manifest["run_id"],
-            manifest["run_id"],
-            out,
+            manifest.run_id,
+            manifest.run_id,
+            cfg.commodity_library,
         )
 
 
@@ -441,11 +381,3 @@ def run_summary(run_rows: DataFrame) -> dict[str, Any]:
         "error_rows": sum(errors.values()),
         "needs_review": review,
     }
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(microsecond=0)
-
-
-def _iso(ts: datetime) -> str:
-    return ts.isoformat().replace("+00:00", "Z")

@@ -20,7 +20,10 @@ from typing import TYPE_CHECKING, Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from prodclf.library.manifest import RunManifest
+from prodclf.library.table import CommodityLibrary
 from prodclf.schemas import STATUS_OK
+from prodclf.storage import objects
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -32,7 +35,7 @@ TOP_CATEGORIES = 40
 
 @dataclass
 class ReportData:
-    manifest: dict[str, Any]
+    manifest: RunManifest
     review_threshold: float
     categories: list[tuple[str, int]] = field(default_factory=list)  # most frequent first
     confidence_bins: list[int] = field(default_factory=lambda: [0] * CONFIDENCE_BINS)
@@ -42,10 +45,31 @@ class ReportData:
     previous_available: bool = True
 
 
+def build_report(
+    spark: Any,
+    library: CommodityLibrary,
+    manifest: RunManifest,
+    review_threshold: float,
+    out: str | None = None,
+) -> str:
+    """Write a complete run's page (beside its manifest, or to ``out``); where it went."""
+    rows = library.read_history(spark, manifest.run_date, manifest.run_id)
+    before = manifest.previous_snapshot
+    previous = None
+    if before and library.snapshot_available(before):
+        previous = library.read_snapshot(spark, before)
+    data = collect_report_data(rows, previous, manifest, review_threshold)
+    # The library's first run has nothing to churn from; a vacuumed snapshot is unknown.
+    data.previous_available = previous is not None or not before
+    uri = out or library.layout.report(manifest.run_id)
+    objects.write_bytes(uri, render_html(data).encode())
+    return uri
+
+
 def collect_report_data(
     run_rows: DataFrame,
     previous: DataFrame | None,
-    manifest: dict[str, Any],
+    manifest: RunManifest,
     review_threshold: float,
 ) -> ReportData:
     """The report's aggregates; ``previous`` is tags_current before the run (None: unknown)."""
@@ -162,22 +186,21 @@ text-align:left;font-size:.9em} th{background:#f1f1f1} img{max-width:100%}
 def render_html(data: ReportData) -> str:
     """The whole page, self-contained."""
     m = data.manifest
-    errors: dict[str, int] = m.get("errors") or {}
-    reasons: dict[str, int] = m.get("reasons") or {}
+    errors, reasons = m.errors, m.reasons
     summary: list[list[Any]] = [
-        ["run", m.get("run_id")],
-        ["date", m.get("run_date")],
-        ["mode", m.get("mode")],
-        ["selection", m.get("selection")],
-        ["model", f"{m.get('model_name')} {m.get('model_version')}"],
-        ["products tagged", m.get("products_in")],
-        ["ok", m.get("ok")],
-        ["error rows", m.get("error_rows")],
-        ["needs review", m.get("needs_review")],
-        ["images per second", m.get("images_per_second")],
-        ["started / finished", f"{m.get('started_at')} / {m.get('finished_at')}"],
-        ["tags_current rows", m.get("current_rows")],
-        ["unknown product ids", m.get("unknown_product_ids", 0)],
+        ["run", m.run_id],
+        ["date", m.run_date],
+        ["mode", m.mode],
+        ["selection", m.selection],
+        ["model", f"{m.model_name} {m.model_version}"],
+        ["products tagged", m.products_in],
+        ["ok", m.ok],
+        ["error rows", m.error_rows],
+        ["needs review", m.needs_review],
+        ["images per second", m.images_per_second],
+        ["started / finished", f"{m.to_dict()['started_at']} / {m.to_dict()['finished_at']}"],
+        ["tags_current rows", m.current_rows],
+        ["unknown product ids", m.unknown_product_ids],
     ]
     share = data.changed / data.compared if data.compared else 0.0
     if not data.previous_available:
@@ -192,14 +215,12 @@ def render_html(data: ReportData) -> str:
             + _table(["from", "to", "products"], [list(t) for t in data.transitions])
         )
     cats = data.categories[:TOP_CATEGORIES]
-    throughput = plot_throughput(
-        m.get("progress") or [], int(m.get("products_in") or 0), float(m.get("tag_seconds") or 0)
-    )
+    throughput = plot_throughput(m.progress, int(m.products_in or 0), float(m.tag_seconds or 0))
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>prodclf run {html.escape(str(m.get('run_id')))}</title>",
+        f"<title>prodclf run {html.escape(m.run_id)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>prodclf run {html.escape(str(m.get('run_id')))}</h1>",
+        f"<h1>prodclf run {html.escape(m.run_id)}</h1>",
         _table(["", ""], summary),
         "<h2>Why products were selected</h2>",
         _table(["reason", "products"], [[k, v] for k, v in sorted(reasons.items())]),

@@ -1,4 +1,4 @@
-"""The library layout, the current pointer and the lock (no Spark)."""
+"""The library's layout, its pointer, its runs table and its lock (no Spark)."""
 
 from __future__ import annotations
 
@@ -11,48 +11,54 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from prodclf.storage import objects, warehouse
-from prodclf.storage.warehouse import LibraryLock, LockedError
+from prodclf.library import layout
+from prodclf.library.lock import LockedError
+from prodclf.library.manifest import Pointer, RunManifest
+from prodclf.library.table import CommodityLibrary, LayoutError
+from prodclf.storage import objects
 
 pytestmark = pytest.mark.spark4
 
 
 def test_layouts_are_told_apart(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    assert warehouse.layout_of(str(lib)) == "empty"
+    library = CommodityLibrary(str(lib))
+    assert library.layout_version() == "empty"
     (lib / "run_date=2026-11-20").mkdir(parents=True)
-    assert warehouse.layout_of(str(lib)) == "v1"
-    with pytest.raises(warehouse.LayoutError) as info:
-        warehouse.require_layout(str(lib))
+    assert library.layout_version() == "v1"
+    with pytest.raises(LayoutError) as info:
+        library.require_layout()
     assert str(info.value).endswith(f"`prodclf migrate --commodity-library {lib}`")
     assert "\n" not in str(info.value)
-    warehouse.create_layout(str(lib))
-    assert warehouse.layout_of(str(lib)) == "v2"
+    library.create_layout()
+    assert library.layout_version() == "v2"
+
+
+def write_pointer(lib: Path, pointer: Pointer) -> None:
+    """A pointer as a committed run leaves it (the library writes it only in a commit)."""
+    (lib / "tags_current").mkdir(parents=True, exist_ok=True)
+    (lib / "tags_current" / "_CURRENT.json").write_bytes(pointer.to_json())
 
 
 def test_the_pointer_names_the_current_snapshot(tmp_path: Path) -> None:
-    lib = str(tmp_path / "lib")
-    assert warehouse.read_pointer(lib) is None and warehouse.current_location(lib) is None
-    pointer = warehouse.Pointer(3, warehouse.snapshot_name(3, "r3"), "r3", 10, "t")
-    warehouse.write_pointer(lib, pointer)
-    assert warehouse.read_pointer(lib) == pointer
-    assert warehouse.current_location(lib) == f"file://{lib}/tags_current/_v/000003-r3"
-    # Replaced with one rename: no temporary file is left beside it.
-    assert sorted(p.name for p in (tmp_path / "lib" / "tags_current").iterdir()) == [
-        "_CURRENT.json"
-    ]
+    library = CommodityLibrary(str(tmp_path / "lib"))
+    assert library.pointer() is None and library.current_location() is None
+    pointer = Pointer(3, layout.snapshot_name(3, "r3"), "r3", 10, "t")
+    write_pointer(tmp_path / "lib", pointer)
+    assert library.pointer() == pointer
+    assert library.current_location() == f"file://{tmp_path}/lib/tags_current/_v/000003-r3"
 
 
 def test_a_second_writer_is_refused_with_the_owner_and_the_way_out(tmp_path: Path) -> None:
     lib = str(tmp_path / "lib")
-    first = LibraryLock(lib, "prodclf tag full run r1")
+    first = CommodityLibrary(lib).lock("prodclf tag full run r1", run_id="r1")
     with first.held():
         info = json.loads((tmp_path / "lib" / "_lock.json").read_text())
-        assert info["owner"] == "prodclf tag full run r1"
+        assert info["owner"] == "prodclf tag full run r1" and info["run_id"] == "r1"
         assert info["host"] == socket.gethostname() and info["pid"] > 0
         assert info["started_at"] <= info["expires_at"]
         with pytest.raises(LockedError) as refused:
-            LibraryLock(lib, "prodclf tag incremental run r2").acquire()
+            CommodityLibrary(lib).lock("prodclf tag incremental run r2").acquire()
         msg = str(refused.value)
         assert "is locked by prodclf tag full run r1 (host" in msg
         assert f"prodclf unlock --commodity-library {lib}" in msg
@@ -90,7 +96,7 @@ def test_a_stale_lock_is_taken_over(
 ) -> None:
     lib = tmp_path / "lib"
     write_lock(lib, **{k: (dead_pid() if v == "dead" else v) for k, v in stale.items()})
-    lock = LibraryLock(str(lib), "prodclf tag full run new")
+    lock = CommodityLibrary(str(lib)).lock("prodclf tag full run new")
     lock.acquire()
     assert json.loads((lib / "_lock.json").read_text())["token"] == lock.token
     assert "taking over the stale lock of prodclf tag full run old" in caplog.text
@@ -101,16 +107,16 @@ def test_a_live_lock_on_another_host_is_respected_until_forced(tmp_path: Path) -
     lib = tmp_path / "lib"
     write_lock(lib, host="other-host", pid=4242)
     with pytest.raises(LockedError):
-        LibraryLock(str(lib), "prodclf vacuum").acquire()
-    assert warehouse.clear_lock(str(lib))[1] is False
-    info, removed = warehouse.clear_lock(str(lib), force=True)
+        CommodityLibrary(str(lib)).lock("prodclf vacuum").acquire()
+    assert CommodityLibrary(str(lib)).clear_lock()[1] is False
+    info, removed = CommodityLibrary(str(lib)).clear_lock(force=True)
     assert removed and info is not None and info["host"] == "other-host"
-    assert warehouse.read_lock(str(lib)) is None
+    assert CommodityLibrary(str(lib)).read_lock() is None
 
 
 def test_a_lock_taken_over_is_noticed_before_the_commit(tmp_path: Path) -> None:
     lib = tmp_path / "lib"
-    lock = LibraryLock(str(lib), "prodclf tag full run slow")
+    lock = CommodityLibrary(str(lib)).lock("prodclf tag full run slow")
     lock.acquire()
     write_lock(lib, token="someone-else")
     with pytest.raises(LockedError) as info:
@@ -129,23 +135,27 @@ def test_exclusive_creation_on_s3(s3: Any) -> None:
 
 
 def test_runs_table_has_one_row_per_manifest(tmp_path: Path) -> None:
-    lib = str(tmp_path / "lib")
+    library = CommodityLibrary(str(tmp_path / "lib"))
     manifests = [
-        {
-            "run_id": "r1",
-            "run_date": "2026-11-20",
-            "mode": "full",
-            "started_at": "2026-11-20T03:00:00Z",
-            "errors": {"not_found": 2},
-            "reasons": {"full": 5, "new": 1},
-            "selection": {"mode": "full"},
-            "products_in": 6,
-            "current_version": 1,
-        },
-        {"run_id": "old", "run_date": "2026-11-19"},  # a first-layout manifest: fields missing
+        RunManifest.from_dict(
+            {
+                "run_id": "r1",
+                "run_date": "2026-11-20",
+                "mode": "full",
+                "started_at": "2026-11-20T03:00:00Z",
+                "errors": {"not_found": 2},
+                "reasons": {"full": 5, "new": 1},
+                "selection": {"mode": "full"},
+                "products_in": 6,
+                "current_version": 1,
+            }
+        ),
+        # A first-layout manifest: fields missing.
+        RunManifest.from_dict({"run_id": "old", "run_date": "2026-11-19"}),
     ]
-    uri = warehouse.write_runs_table(lib, manifests)
+    uri = library.write_runs_table(manifests)
     table = pq.read_table(objects.local_path(uri)).to_pylist()
     assert [r["run_id"] for r in table] == ["r1", "old"]
     assert table[0]["errors"] == [("not_found", 2)] and table[0]["products_in"] == 6
+    assert table[0]["selection"] == '{"mode": "full"}'
     assert table[1]["mode"] is None

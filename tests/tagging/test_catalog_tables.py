@@ -22,6 +22,7 @@ from conftest import COLORS, ROOT, png_bytes
 from jobproc import job_env, running_job, tag_argv
 
 from prodclf.cli import EXIT_REFUSED, main
+from prodclf.library.table import CommodityLibrary
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -153,8 +154,8 @@ def test_runs_and_unlock_commands(
 
 def first_layout_library(spark: Any, lib: Path) -> None:
     """A library as the first layout wrote it: run_date partitions and manifests at the root."""
+    from prodclf.library.parquet import FIRST_LAYOUT_COLUMNS
     from prodclf.schemas import COMMODITY_LIBRARY
-    from prodclf.storage.tables import FIRST_LAYOUT_COLUMNS
 
     def row(pid: str, status: str, category: str | None, run_id: str, day: date) -> tuple:
         values = dict.fromkeys(COMMODITY_LIBRARY.fieldNames())
@@ -194,7 +195,6 @@ def test_a_first_layout_library_is_refused_then_migrated(
     from pyspark.testing import assertDataFrameEqual
 
     from prodclf.config import MigrateConfig
-    from prodclf.storage import tables, warehouse
     from prodclf.tagging.library import run_migrate
 
     lib = tmp_path / "old-lib"
@@ -220,9 +220,11 @@ def test_a_first_layout_library_is_refused_then_migrated(
 
     assert result["migrated_runs"] == ["old-1", "old-2"]
     assert result["skipped_incomplete_runs"] == ["dead"]
-    assert warehouse.layout_of(str(lib)) == "v2"
+    assert CommodityLibrary(str(lib)).layout_version() == "v2"
     assert not list(lib.glob("run_date=*"))
-    history = tables.read_history(spark, str(lib)).select("run_id", "product_id", "category")
+    history = (
+        CommodityLibrary(str(lib)).read_history(spark).select("run_id", "product_id", "category")
+    )
     assertDataFrameEqual(
         history,
         spark.createDataFrame(
@@ -236,8 +238,12 @@ def test_a_first_layout_library_is_refused_then_migrated(
             "run_id string, product_id string, category string",
         ),
     )
-    current = tables.read_current(spark, str(lib)).select(
-        "product_id", "active", "inactive_since", "status", "category", "run_id", "error_run_id"
+    current = (
+        CommodityLibrary(str(lib))
+        .read_current(spark)
+        .select(
+            "product_id", "active", "inactive_since", "status", "category", "run_id", "error_run_id"
+        )
     )
     assertDataFrameEqual(
         current,
@@ -252,4 +258,4 @@ def test_a_first_layout_library_is_refused_then_migrated(
             "category string, run_id string, error_run_id string",
         ),
     )
-    assert [m["current_version"] for m in warehouse.read_manifests(str(lib))] == [1, 2]
+    assert [m.current_version for m in CommodityLibrary(str(lib)).manifests()] == [1, 2]

@@ -51,7 +51,7 @@ from s3lake import (
 )
 
 from prodclf.config import InferenceConfig, TagConfig
-from prodclf.storage import tables
+from prodclf.library.table import CommodityLibrary
 
 pytestmark = S3A_MARKS
 
@@ -86,7 +86,7 @@ def expected_history(spark: SparkSession, expected: Expected, run_id: str) -> Da
 
 def history(spark: SparkSession, lake: Lake, run_id: str | None = None) -> DataFrame:
     """``run_id``'s rows of ``DAY``; without it, every row under ``run_date=DAY``."""
-    rows = tables.read_history(spark, lake.uri("commodity", "s3a"), run_date=DAY, run_id=run_id)
+    rows = CommodityLibrary(lake.uri("commodity", "s3a")).read_history(spark, DAY, run_id)
     return rows.select("run_id", "product_id", "status", "error_code", "category")
 
 
@@ -101,7 +101,7 @@ def expected_current(spark: SparkSession, expected: Expected, run_id: str) -> Da
 
 
 def current(spark: SparkSession, lake: Lake) -> DataFrame:
-    table = tables.read_current(spark, lake.uri("commodity"))
+    table = CommodityLibrary(lake.uri("commodity")).read_current(spark)
     return table.select(*[f.split()[0] for f in CURRENT.split(", ")])
 
 
@@ -178,7 +178,7 @@ def test_a_run_killed_mid_commit_is_invisible_and_its_rerun_replaces_only_its_ru
     lake.expected["p00"] = ("ok", None, "red")
     before = keys(s3, b, "commodity/")
     pointer_before = read_json(s3, b, "commodity/tags_current/_CURRENT.json")
-    current_before = tables.read_current(spark, lake.uri("commodity")).collect()
+    current_before = CommodityLibrary(lake.uri("commodity")).read_current(spark).collect()
     d1_objects = {k: v for k, v in before.items() if "/run_id=d1/" in k}
     assert d1_objects
 
@@ -230,7 +230,7 @@ def test_a_run_killed_mid_commit_is_invisible_and_its_rerun_replaces_only_its_ru
     assert "commodity/_runs/d2.json" not in after
     assert complete_runs(s3, b, DAY.isoformat()) == ["d1"]
     assert read_json(s3, b, "commodity/tags_current/_CURRENT.json") == pointer_before
-    assert tables.read_current(spark, lake.uri("commodity")).collect() == current_before
+    assert CommodityLibrary(lake.uri("commodity")).read_current(spark).collect() == current_before
     unchanged = {
         k: v
         for k, v in after.items()

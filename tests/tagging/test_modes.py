@@ -23,8 +23,8 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from prodclf.config import TagConfig, VacuumConfig
-from prodclf.storage import tables, warehouse
-from prodclf.tagging.current import current_from_history
+from prodclf.library.current import current_from_history
+from prodclf.library.table import CommodityLibrary
 from prodclf.tagging.library import list_runs, run_vacuum, runs_table_text
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
@@ -143,7 +143,7 @@ HISTORY_SCHEMA = (
 
 
 def test_history_holds_every_row_of_every_run(spark: SparkSession, library: Library) -> None:
-    got = tables.read_history(spark, str(library.out)).select(*HISTORY_COLUMNS)
+    got = CommodityLibrary(str(library.out)).read_history(spark).select(*HISTORY_COLUMNS)
     expected = [
         *[
             ("r1", p, "ok", None, c, "new")
@@ -207,7 +207,7 @@ CURRENT_SCHEMA = (
 def snapshot(spark: SparkSession, library: Library, run_id: str) -> DataFrame:
     """tags_current as run ``run_id`` left it (its own snapshot directory)."""
     snap = library.manifests[run_id]["current_snapshot"]
-    return tables.read_snapshot(spark, str(library.out), snap)
+    return CommodityLibrary(str(library.out)).read_snapshot(spark, snap)
 
 
 def test_tags_current_after_each_run(spark: SparkSession, library: Library) -> None:
@@ -235,7 +235,7 @@ def test_tags_current_after_each_run(spark: SparkSession, library: Library) -> N
         ("p5", True, None, "ok", "red", "r4", None, None, "r4"),
         ("gone", True, None, "ok", "red", "r4", None, None, "r4"),
     ]
-    current = tables.read_current(spark, str(library.out))
+    current = CommodityLibrary(str(library.out)).read_current(spark)
     assertDataFrameEqual(
         current.select(*CURRENT_COLUMNS), spark.createDataFrame(after4, CURRENT_SCHEMA)
     )
@@ -279,7 +279,10 @@ def test_an_incremental_run_touches_exactly_the_changed_products(
 
 
 def test_tags_current_is_what_history_says(spark: SparkSession, library: Library) -> None:
-    manifests = sorted(library.manifests.values(), key=warehouse.run_order)
+    manifests = sorted(
+        library.manifests.values(),
+        key=lambda m: (m["current_version"], m["started_at"], m["run_id"]),
+    )
     sequence = spark.createDataFrame(
         [(m["run_id"], i) for i, m in enumerate(manifests)], "run_id string, seq int"
     )
@@ -288,8 +291,10 @@ def test_tags_current_is_what_history_says(spark: SparkSession, library: Library
         for i, m in enumerate(manifests)
         if m["mode"] == "full"
     ]
-    rebuilt = current_from_history(tables.read_history(spark, str(library.out)), sequence, full)
-    assertDataFrameEqual(rebuilt, tables.read_current(spark, str(library.out)))
+    rebuilt = current_from_history(
+        CommodityLibrary(str(library.out)).read_history(spark), sequence, full
+    )
+    assertDataFrameEqual(rebuilt, CommodityLibrary(str(library.out)).read_current(spark))
 
 
 def plain(value: Any) -> Any:
@@ -307,14 +312,14 @@ def test_duckdb_reads_tags_current_row_for_row_like_spark(
 ) -> None:
     import duckdb
 
-    where = warehouse.current_location(str(library.out))
+    where = CommodityLibrary(str(library.out)).current_location()
     assert where is not None
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
     rel = con.sql(f"SELECT * FROM read_parquet('{where.removeprefix('file://')}/*.parquet')")
     duck = sorted((tuple(plain(v) for v in row) for row in rel.fetchall()), key=lambda r: r[0])
     cols = [c for c in rel.columns]
-    sparked = tables.read_current(spark, str(library.out))
+    sparked = CommodityLibrary(str(library.out)).read_current(spark)
     assert cols == sparked.columns
     rows = sorted((tuple(plain(v) for v in r) for r in sparked.collect()), key=lambda r: r[0])
     assert len(duck) == len(rows) == 7
@@ -378,13 +383,15 @@ def test_vacuum_keeps_what_tags_current_points_to(
         "tags_current/_v/000003-r3",
     ]
     assert tree_digest(out) == tree_digest(library.out)  # a dry run unless --apply
-    current = tables.read_current(spark, str(out)).collect()
+    current = CommodityLibrary(str(out)).read_current(spark).collect()
 
     run_vacuum(replace(cfg, apply=True), spark)
     assert sorted(p.stem for p in (out / "_runs").glob("*.json")) == ["r1", "r2", "r4"]
-    assert [r for _, r in warehouse.history_partitions(str(out))] == ["r1", "r2", "r4"]
-    assert [s for _, s in warehouse.snapshot_versions(str(out))] == ["tags_current/_v/000004-r4"]
-    assert sorted(tables.read_current(spark, str(out)).collect()) == sorted(current)
+    assert [r for _, r in CommodityLibrary(str(out)).history_partitions()] == ["r1", "r2", "r4"]
+    assert [s for _, s in CommodityLibrary(str(out)).snapshot_versions()] == [
+        "tags_current/_v/000004-r4"
+    ]
+    assert sorted(CommodityLibrary(str(out)).read_current(spark).collect()) == sorted(current)
     runs_left = sorted(r.run_id for r in spark.read.parquet(f"{out}/runs").collect())
     assert runs_left == ["r1", "r2", "r4"]
 

@@ -35,7 +35,7 @@ from jobproc import (
     write_config,
 )
 
-from prodclf.storage import warehouse
+from prodclf.library.table import CommodityLibrary
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -115,7 +115,7 @@ def test_rejected_credentials_fail_the_run_before_any_spark_work(
 
 def write_prior_run(out: Path, run_id: str, products: list[str]) -> None:
     """A complete earlier run of the date, as a downstream reader sees one."""
-    warehouse.create_layout(str(out))
+    CommodityLibrary(str(out)).create_layout()
     part = out / "tags_history" / f"run_date={RUN_DATE}" / f"run_id={run_id}"
     part.mkdir(parents=True)
     frame = pd.DataFrame({"product_id": products, "status": "ok", "error_code": None})

@@ -48,8 +48,8 @@ from jobproc import (
 from pyspark.sql import SparkSession
 
 from prodclf.config import InferenceConfig, StorageConfig, TagConfig
-from prodclf.storage import tables
-from prodclf.storage.warehouse import LockedError
+from prodclf.library.lock import LockedError
+from prodclf.library.table import CommodityLibrary
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -182,7 +182,7 @@ def test_a_run_killed_mid_run_leaves_no_manifest_and_its_rerun_completes_it(
     assert not (out / "_lock.json").exists()
     # Readers do not see the dead run's staging files: Spark reads the run's rows only.
     day2 = date.fromisoformat(DAY2)
-    assert tables.read_commodity_run(spark, str(out), day2, run_id="killed").count() == PRODUCTS
+    assert CommodityLibrary(str(out)).read_history(spark, day2, run_id="killed").count() == PRODUCTS
 
 
 def test_a_second_run_is_refused_while_one_runs_and_a_killed_incremental_run_is_repaired(

@@ -10,8 +10,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from prodclf.library.current import current_from_history, merge_current
 from prodclf.schemas import COMMODITY_LIBRARY, CURRENT_TAGS
-from prodclf.tagging.current import current_from_history, merge_current
 from prodclf.tagging.selection import (
     select_backfill,
     select_full,

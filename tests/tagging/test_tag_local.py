@@ -16,8 +16,8 @@ from pyspark.sql import functions as F
 from prodclf import requirements
 from prodclf.config import TagConfig
 from prodclf.errors import RunFailed
+from prodclf.library.table import CommodityLibrary
 from prodclf.schemas import COMMODITY_LIBRARY
-from prodclf.storage import tables
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -39,7 +39,7 @@ OUTCOME = ("product_id", "status", "error_code", "category")
 
 
 def outcome(spark: SparkSession, out: Path, day: date) -> list[tuple[object, ...]]:
-    rows = tables.read_commodity_run(spark, str(out), day).select(*OUTCOME)
+    rows = CommodityLibrary(str(out)).read_history(spark, day).select(*OUTCOME)
     return sorted(tuple(r) for r in rows.collect())
 
 
@@ -65,9 +65,8 @@ def test_every_product_gets_exactly_one_row_with_its_tag(
     assert manifest["errors"] == {"invalid_uri": 1, "not_found": 1, "undecodable_image": 1}
     assert manifest["duplicate_product_rows"] == 1
     assert manifest["model_name"] == "color" and manifest["model_version"] == "1"
-    assert tables.read_manifest(str(out), "r1") == {
-        k: v for k, v in manifest.items() if k != "manifest_uri"
-    }
+    stored = CommodityLibrary(str(out)).manifest("r1")
+    assert stored is not None and stored.to_dict() == manifest
 
 
 RED_PATH = "Colours > Red"
@@ -145,7 +144,7 @@ def test_runs_of_one_date_coexist_and_a_rerun_of_a_complete_run_changes_nothing(
             k: v for k, v in before.items() if k.startswith(prefix)
         }
     for run_id in ("day2", "day2-b"):  # each run's rows stay addressable by run_id
-        rows = tables.read_commodity_run(spark, str(out), DAY2, run_id=run_id)
+        rows = CommodityLibrary(str(out)).read_history(spark, DAY2, run_id=run_id)
         got = sorted(tuple(r) for r in rows.select(*OUTCOME).collect())
         assert got == expected(catalog)
     assert sorted(p.name for p in (out / "_runs").glob("*.json")) == [
@@ -161,8 +160,8 @@ def test_same_input_and_model_give_the_same_tags(
     cols = ["product_id", "category", "category_id", "confidence", "top_k", "status", "error_code"]
     run_tag_job(config(catalog, tmp_path / "a", color_bundle, DAY1, "a"), spark)
     run_tag_job(config(catalog, tmp_path / "b", color_bundle, DAY1, "b"), spark)
-    a = tables.read_commodity_run(spark, str(tmp_path / "a"), DAY1).select(cols)
-    b = tables.read_commodity_run(spark, str(tmp_path / "b"), DAY1).select(cols)
+    a = CommodityLibrary(str(tmp_path / "a")).read_history(spark, DAY1).select(cols)
+    b = CommodityLibrary(str(tmp_path / "b")).read_history(spark, DAY1).select(cols)
     assert sorted(a.collect()) == sorted(b.collect())
 
 

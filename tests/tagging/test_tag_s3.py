@@ -21,7 +21,8 @@ from conftest import COLORS, TEST_SECRET, jpeg_bytes, png_bytes, run_tag_job
 from pyspark.sql import SparkSession
 
 from prodclf.config import InferenceConfig, StorageConfig, TagConfig
-from prodclf.storage import objects, tables
+from prodclf.library.table import CommodityLibrary
+from prodclf.storage import objects
 
 pytestmark = [pytest.mark.slow, pytest.mark.spark4]
 
@@ -95,7 +96,7 @@ def test_tag_with_images_and_model_on_s3(
     )
     manifest = run_tag_job(cfg, spark)
 
-    rows = tables.read_commodity_run(spark, str(out), RUN_DATE)
+    rows = CommodityLibrary(str(out)).read_history(spark, RUN_DATE)
     got = sorted(
         tuple(r) for r in rows.select("product_id", "status", "error_code", "category").collect()
     )
@@ -120,9 +121,8 @@ def test_tag_with_images_and_model_on_s3(
     assert manifest["needs_review"] == 0  # the colour model is sure of every ok image
     assert manifest["model_name"] == "color" and manifest["model_version"] == "1"
     assert manifest["model_uri"] == "s3://models/color"
-    assert tables.read_manifest(str(out), "s3-run-1") == {
-        k: v for k, v in manifest.items() if k != "manifest_uri"
-    }
+    stored = CommodityLibrary(str(out)).manifest("s3-run-1")
+    assert stored is not None and stored.to_dict() == manifest
 
     # The secret key is nowhere: not in any output file, any row, any log line or output.
     files = [p for p in out.rglob("*") if p.is_file()]

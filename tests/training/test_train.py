@@ -21,6 +21,7 @@ from PIL import Image
 from prodclf.config import StorageConfig, TagConfig, TrainConfig
 from prodclf.errors import ConfigError, InputError, SchemaMismatch
 from prodclf.images import PreprocessSpec
+from prodclf.library.table import CommodityLibrary
 from prodclf.model.bundle import Label, read_meta
 from prodclf.training.data import (
     DataSummary,
@@ -109,8 +110,6 @@ def train_config(library: Path, out: Path, **kw: Any) -> TrainConfig:
 
 def tag(spark: Any, library: Path, model: Path, out: Path, run_id: str) -> list[Any]:
 
-    from prodclf.storage import tables
-
     run_date = date(2026, 1, 2)
     cfg = TagConfig(
         base_library=str(library),
@@ -122,7 +121,8 @@ def tag(spark: Any, library: Path, model: Path, out: Path, run_id: str) -> list[
     manifest = run_tag_job(cfg, spark)
     assert manifest["errors"] == {"not_found": 1}
     return (
-        tables.read_commodity_run(spark, str(out), run_date)
+        CommodityLibrary(str(out))
+        .read_history(spark, run_date)
         .where("status = 'ok'")
         .select("product_id", "category", "category_id", "category_path")
         .collect()

@@ -1,0 +1,1 @@
+"""The commodity library: its tables, owned by ``prodclf.library.table.CommodityLibrary``."""
