@@ -334,12 +334,13 @@ class JobConfig(Validated):
         given = {k: v for k, v in flags.items() if v is not None}
         own_fields = {f.name: f for f in fields(cls) if f.name not in SECTIONS}  # type: ignore[arg-type]
         sections = [f.name for f in fields(cls) if f.name in SECTIONS]  # type: ignore[arg-type]
-        known = [*sections, *([cls.own_section] if cls.own_section else [])]
-        unknown = sorted(set(data) - set(known))
+        # One file serves every command of a schedule: the sections of other commands are
+        # passed over; a section no command has is refused (a misspelt name).
+        unknown = sorted(set(data) - all_sections())
         if unknown:
             raise ConfigError(
                 f"configuration: unknown section(s) {', '.join(unknown)} "
-                f"(known for this command: {', '.join(known)})"
+                f"(known: {', '.join(sorted(all_sections()))})"
             )
         kwargs: dict[str, Any] = {
             name: section(SECTIONS[name], data.get(name), name, given) for name in sections
@@ -356,6 +357,18 @@ class JobConfig(Validated):
             elif name in own:
                 kwargs[name] = coerce_field(f, own[name], f"{cls.own_section}.{name}")
         return cls(**kwargs)
+
+
+def all_sections() -> set[str]:
+    """Every YAML section some command reads: the shared ones and each job's own."""
+    found = set(SECTIONS)
+    todo: list[type[JobConfig]] = [JobConfig]
+    while todo:
+        cls = todo.pop()
+        if cls.own_section:
+            found.add(cls.own_section)
+        todo.extend(cls.__subclasses__())
+    return found
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from prodclf.config import (
     ICEBERG_CATALOGS,
@@ -29,6 +30,8 @@ from prodclf.config import (
     section,
 )
 from prodclf.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.spark4
 
@@ -292,12 +295,28 @@ def test_from_sources_precedence_defaults_yaml_flags() -> None:
 
 
 def test_from_sources_refuses_unknown_sections_and_bad_flags() -> None:
-    with pytest.raises(ConfigError, match=r"unknown section\(s\) train \(known"):
-        TagConfig.from_sources({"train": {"epochs": 1}}, TAG_FLAGS)
+    with pytest.raises(ConfigError, match=r"unknown section\(s\) trian \(known: checks,"):
+        TagConfig.from_sources({"trian": {"epochs": 1}}, TAG_FLAGS)
+    with pytest.raises(ConfigError, match=r"config section 'tag': unknown key\(s\) mdoe"):
+        TagConfig.from_sources({"tag": {"mdoe": "full"}}, TAG_FLAGS)
     with pytest.raises(ConfigError, match=r"inference\.top_k must be positive"):
         TagConfig.from_sources({}, {**TAG_FLAGS, "top_k": 0})
     with pytest.raises(ConfigError, match="--run-date '2024-02-30' is not a date"):
         TagConfig.from_sources({}, {**TAG_FLAGS, "run_date": "2024-02-30"})
+
+
+def test_one_file_serves_every_command_of_the_night() -> None:
+    """Each command reads its sections and passes over the others' (infra's nightly file)."""
+    nightly = yaml.safe_load((ROOT / "infra" / "config" / "nightly.yaml").read_text())
+    assert {"tag", "inference", "checks"} <= set(nightly)
+    vacuum = VacuumConfig.from_sources(nightly, {"commodity_library": "/lib"})
+    assert vacuum.spark.app_name == "prodclf-nightly"
+    assert vacuum.storage.spark_s3_scheme == nightly["storage"]["spark_s3_scheme"]
+    ReportConfig.from_sources(nightly, {"commodity_library": "/lib", "run_id": "r1"})
+    TagConfig.from_sources({**nightly, "train": {"epochs": 2}}, TAG_FLAGS)
+    # A misspelt key inside a section the command uses is still refused.
+    with pytest.raises(ConfigError, match=r"config section 'spark': unknown key\(s\) mastr"):
+        VacuumConfig.from_sources({**nightly, "spark": {"mastr": "x"}}, {"commodity_library": "/l"})
 
 
 def test_train_config_reads_its_own_section_and_flags_win() -> None:

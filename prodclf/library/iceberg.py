@@ -30,7 +30,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -40,7 +40,7 @@ from prodclf.config import TableFormatConfig
 from prodclf.library import layout as L
 from prodclf.library.current import merge_current
 from prodclf.library.layout import Layout
-from prodclf.library.manifest import RunManifest, Transaction, runs_columns
+from prodclf.library.manifest import RunManifest, Transaction, now, runs_columns
 from prodclf.schemas import COMMODITY_LIBRARY, CURRENT_TAGS
 from prodclf.storage.uris import spark_location
 
@@ -252,9 +252,11 @@ class IcebergTables:
 
     def expire(self, older_than: datetime) -> dict[str, int]:
         """Expire snapshots older than ``older_than`` (keeping the last) and remove files
-        no snapshot references; counts of the files removed."""
+        no snapshot references (at least a day old); counts of the files removed."""
         removed: dict[str, int] = {}
         stamp = older_than.strftime("%Y-%m-%d %H:%M:%S")
+        # Iceberg refuses to look for orphans younger than a day: a running write's files.
+        orphan_stamp = min(older_than, now() - timedelta(days=1)).strftime("%Y-%m-%d %H:%M:%S")
         for table in ("tags_history", "tags_current", "runs"):
             name = f"{self.namespace}.{table}"
             row = self.sql(
@@ -264,7 +266,7 @@ class IcebergTables:
             removed[table] = int(row["deleted_data_files_count"])
             orphans = self.sql(
                 f"CALL `{self.catalog}`.system.remove_orphan_files(table => '{name}', "
-                f"older_than => TIMESTAMP '{stamp}')"
+                f"older_than => TIMESTAMP '{orphan_stamp}')"
             ).collect()
             removed[table] += len(orphans)
         return removed

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from jobproc import job_env, running_job, tag_argv, write_config
 from pyspark.sql import SparkSession
 
 from prodclf.cli import main
-from prodclf.config import TableFormatConfig
+from prodclf.config import TableFormatConfig, VacuumConfig
 from prodclf.library.table import CommodityLibrary
+from prodclf.tagging.library import run_vacuum
 
 pytestmark = [
     pytest.mark.slow,
@@ -111,7 +113,7 @@ def test_an_iceberg_library_through_every_command_read_by_spark_and_duckdb(
     library = CommodityLibrary(str(out))
     assert library.recorded_format() == "iceberg"
     # The library refuses to be written as Parquet now.
-    assert main(["vacuum", "--commodity-library", str(out)]) == 2
+    assert main(["vacuum", "--commodity-library", str(out), "--keep-days", "9"]) == 2
     assert "is in the iceberg format" in capsys.readouterr().err
 
     run(tag(base2, "2026-11-21", "inc-2", "--mode", "incremental", *ICEBERG), env, tmp_path / "l2")
@@ -168,11 +170,12 @@ def test_an_iceberg_library_through_every_command_read_by_spark_and_duckdb(
         assert not os.environ.get("CI"), "make iceberg-reader-env must have run in CI"
 
     # Vacuum: the runs tags_current no longer points to go, and old snapshots expire.
-    args = ["vacuum", "--commodity-library", str(out), *ICEBERG, "--apply", "--keep-days"]
-    assert main([*args, "0", "--today", "2999-01-01", "--master", "local[2]"]) == 0
-    plan = json.loads(capsys.readouterr().out)
+    # (In-process, to date it in the future: every snapshot is older than its cutoff.)
+    table = TableFormatConfig(format="iceberg")
+    vacuum = VacuumConfig(str(out), keep_days=0, apply=True, today=date(2999, 1, 1), library=table)
+    plan = run_vacuum(vacuum, spark)
     assert plan["runs"] == ["back-3", "full-1", "inc-2"]
     assert sum(plan["expired_files"].values()) > 0
-    library = CommodityLibrary(str(out), table=TableFormatConfig(format="iceberg"))
+    library = CommodityLibrary(str(out), table=table)
     assert {r.run_id for r in library.read_history(spark).collect()} == {"full-4"}
     assert [m.run_id for m in library.manifests()] == ["full-4"]
