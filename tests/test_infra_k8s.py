@@ -280,3 +280,11 @@ def test_the_image_is_built_from_the_pinned_environment() -> None:
     for name in ("hadoop-aws-3.3.1.jar", "aws-java-sdk-bundle-1.11.901.jar"):
         assert f".cache/jars/{name}" in text
         assert f"!.cache/jars/{name}" in (ROOT / ".dockerignore").read_text()
+
+
+def test_the_jobs_bring_the_official_iceberg_runtime() -> None:
+    """Production's Iceberg runtime comes from Maven Central (the tests' jar is a stand-in)."""
+    for name in ("nightly", "backfill"):
+        doc = yaml.safe_load((K8S / f"{name}.yaml").read_text())
+        spec = doc["spec"].get("template", doc["spec"])
+        assert "org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2" in spec["deps"]["packages"]
