@@ -35,7 +35,7 @@ from prodclf.config import (
     VacuumConfig,
     load_yaml,
 )
-from prodclf.errors import ProdclfError
+from prodclf.errors import ConfigError, ProdclfError
 from prodclf.model.catalog import ARCHITECTURES, FUSIONS
 from prodclf.schemas import MODES
 
@@ -436,6 +436,14 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--master", metavar="URL", help="Spark master; default: spark-submit's, else local[*]"
     )
     p.add_argument("--config", metavar="FILE", help="YAML file with storage/inference/spark")
+    p.add_argument(
+        "--conf",
+        dest="spark_conf",
+        metavar="KEY=VALUE",
+        action="append",
+        help="a Spark property, as with spark-submit (repeatable; wins over spark.conf in "
+        "--config and over the launcher's)",
+    )
 
 
 def _table_format(p: argparse.ArgumentParser) -> None:
@@ -492,8 +500,29 @@ CONFIGS: dict[str, type[JobConfig]] = {
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    """The command's configuration: defaults < ``--config`` YAML < the flags given."""
-    return CONFIGS[args.command].from_sources(load_yaml(args.config), vars(args))
+    """The command's configuration: defaults < ``--config`` YAML < the flags given.
+
+    ``--conf KEY=VALUE`` adds to (and wins over) the YAML's ``spark.conf``.
+    """
+    data = load_yaml(args.config)
+    flags = dict(vars(args))
+    pairs = flags.pop("spark_conf", None) or []
+    if pairs:
+        spark = dict(data.get("spark") or {})
+        spark["conf"] = {**dict(spark.get("conf") or {}), **parse_conf(pairs)}
+        data = {**data, "spark": spark}
+    return CONFIGS[args.command].from_sources(data, flags)
+
+
+def parse_conf(pairs: list[str]) -> dict[str, str]:
+    """``--conf`` values: ``spark.*`` keys (or ``spark.hadoop.*``) and their values."""
+    conf: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip().startswith("spark."):
+            raise ConfigError(f"--conf {pair!r}: expected KEY=VALUE with a spark.* key")
+        conf[key.strip()] = value
+    return conf
 
 
 def _run(cfg: JobConfig, preflight: Any, run: Any, arrow_batch_size: int = 256) -> Any:

@@ -245,9 +245,14 @@ def test_a_bad_backfill_predicate_is_refused_before_anything_is_written(
     spark: SparkSession, layout: dict[str, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = tag_args(layout, **{"--mode": "backfill", "--where": "no_such_column = 1"})
+    tracker = spark.sparkContext.statusTracker()
+    jobs = set(tracker.getJobIdsForGroup(None))
     line = run_refused(argv, capsys)
     assert "--where 'no_such_column = 1' is not a predicate over the base library's columns" in line
     assert not layout["out"].exists()
+    # Refused before the base library is counted: no Spark job ran but the one Spark's
+    # Parquet schema inference runs.
+    assert len(set(tracker.getJobIdsForGroup(None)) - jobs) <= 1
 
 
 #: The smallest valid command line of each command with a ``library`` section.

@@ -125,11 +125,7 @@ class LibraryLock:
             info = parse(found.data)
             reason = stale_reason(info)
             if reason is None:
-                raise LockedError(
-                    f"commodity library {self.location} is locked by {describe(info)}; "
-                    "wait for it to finish, or if it is dead: "
-                    f"prodclf unlock --commodity-library {self.location}"
-                )
+                refuse_if_held(self.uri, self.location)
             etag = conditional.put(self.uri, self._body(), found.etag)
             if etag is not None:
                 if info.get("state") != RELEASED:
@@ -189,6 +185,17 @@ class LibraryLock:
             self._stop.set()
             beat.join(timeout=5)
             self.release()
+
+
+def refuse_if_held(uri: str, location: str) -> None:
+    """Refuse now, before any work, when a live command holds the lock (the command takes
+    the lock for real later; this only spares a doomed run its start-up)."""
+    info = read_lock(uri)
+    if info is not None and stale_reason(info) is None:
+        raise LockedError(
+            f"commodity library {location} is locked by {describe(info)}; wait for it to "
+            f"finish, or if it is dead: prodclf unlock --commodity-library {location}"
+        )
 
 
 def clear_lock(uri: str, force: bool = False) -> tuple[dict[str, Any] | None, bool]:

@@ -38,7 +38,7 @@ from prodclf.config import TableFormatConfig
 from prodclf.errors import ConfigError, InputError, RunFailed
 from prodclf.library import layout as L
 from prodclf.library.iceberg import IcebergFormat
-from prodclf.library.lock import LibraryLock, clear_lock, read_lock
+from prodclf.library.lock import LibraryLock, clear_lock, read_lock, refuse_if_held
 from prodclf.library.manifest import Pointer, RunManifest, Transaction, iso, now
 from prodclf.library.parquet import ParquetTables
 from prodclf.storage import conditional, objects
@@ -227,6 +227,10 @@ class CommodityLibrary:
 
     def lock(self, owner: str, ttl_s: float = 900.0, run_id: str | None = None) -> LibraryLock:
         return LibraryLock(self.layout.lock, self.location, owner, ttl_s, run_id)
+
+    def refuse_if_locked(self) -> None:
+        """A live lock refuses the command before it starts any work."""
+        refuse_if_held(self.layout.lock, self.location)
 
     def read_lock(self) -> dict[str, Any] | None:
         return read_lock(self.layout.lock)

@@ -519,21 +519,32 @@ def open_object(uri: str) -> BinaryIO:
 
 
 def list_files(uri: str) -> Iterator[tuple[str, str]]:
-    """(relative path, uri) of every object below a prefix or directory."""
+    """(relative path, uri) of every object below a prefix or directory; a location that
+    is one file or object gives itself (its name as the relative path)."""
     ref = _ref(uri)
     if ref.scheme == "file":
         root = Path(ref.key)
+        if root.is_file():
+            yield root.name, "file://" + str(root)
+            return
         for p in sorted(root.rglob("*")):
             if p.is_file():
                 yield p.relative_to(root).as_posix(), "file://" + str(p)
         return
-    prefix = ref.key.rstrip("/") + "/"
-    paginator = s3_client().get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=ref.bucket, Prefix=prefix):
+    key = ref.key.rstrip("/")
+    prefix = key + "/"
+    client = s3_client()
+    found = False
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=ref.bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
             rel = obj["Key"][len(prefix) :]
             if rel:
+                found = True
                 yield rel, f"s3://{ref.bucket}/{obj['Key']}"
+    if not found and key:
+        resp = client.list_objects_v2(Bucket=ref.bucket, Prefix=key, MaxKeys=1)
+        if [o["Key"] for o in resp.get("Contents", [])] == [key]:
+            yield key.rsplit("/", 1)[-1], f"s3://{ref.bucket}/{key}"
 
 
 def local_path(uri: str) -> Path:
@@ -640,7 +651,7 @@ def delete_tree(uri: str) -> None:
         shutil.rmtree(ref.key, ignore_errors=True)
         return
     client = s3_client()
-    keys = [{"Key": ref.key.rstrip("/") + "/" + rel} for rel, _ in list_files(uri)]
+    keys = [{"Key": _ref(obj).key} for _, obj in list_files(uri)]
     for i in range(0, len(keys), 1000):
         client.delete_objects(Bucket=ref.bucket, Delete={"Objects": keys[i : i + 1000]})
 

@@ -159,3 +159,37 @@ def test_runs_table_has_one_row_per_manifest(tmp_path: Path) -> None:
     assert table[0]["errors"] == [("not_found", 2)] and table[0]["products_in"] == 6
     assert table[0]["selection"] == '{"mode": "full"}'
     assert table[1]["mode"] is None
+
+
+def test_a_locked_library_refuses_every_writer_before_spark_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prodclf import session
+    from prodclf.cli import main
+
+    def no_spark(*_: object, **__: object) -> None:
+        raise AssertionError("a Spark session was started")
+
+    monkeypatch.setattr(session, "create_session", no_spark)
+    lib = tmp_path / "lib"
+    CommodityLibrary(str(lib)).create_layout()
+    write_lock(lib, host="other-host", pid=4242)  # live: its lease runs until 2999
+    base = tmp_path / "base"
+    base.mkdir()
+    commands = [
+        [
+            "tag",
+            "--base-library",
+            str(base),
+            "--model",
+            str(tmp_path / "m"),
+            "--run-date",
+            "2026-11-20",
+        ],
+        ["vacuum", "--keep-days", "3", "--apply"],
+        ["migrate", "--to", "iceberg"],
+    ]
+    for argv in commands:
+        assert main([*argv, "--commodity-library", str(lib)]) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is locked by prodclf tag full run old" in err[0], argv

@@ -592,3 +592,27 @@ def test_a_trickling_body_ends_at_the_fetch_deadline() -> None:
         _read_until(Quick(b"abc" * 100_000), 10**9, time.monotonic() + 5, "u") == b"abc" * 100_000
     )
     assert _read_until(Quick(b"abcdef"), 4, time.monotonic() + 5, "u") == b"abcd"
+
+
+def test_a_location_lists_as_a_directory_or_as_one_file_in_every_spelling(
+    s3: Any, tmp_path: Path
+) -> None:
+    """Every location argument: a directory, one file, a trailing slash, s3/s3a/file URIs."""
+    s3.create_bucket(Bucket="spellings")
+    for key in ("base/part-0.parquet", "base/part-1.parquet", "one.parquet"):
+        s3.put_object(Bucket="spellings", Key=key, Body=b"x")
+    parts = [
+        ("part-0.parquet", "s3://spellings/base/part-0.parquet"),
+        ("part-1.parquet", "s3://spellings/base/part-1.parquet"),
+    ]
+    for spelling in ("s3://spellings/base", "s3a://spellings/base/", "s3://spellings/base/"):
+        assert list(objects.list_files(spelling)) == parts, spelling
+    one = [("one.parquet", "s3://spellings/one.parquet")]
+    assert list(objects.list_files("s3a://spellings/one.parquet")) == one
+    assert list(objects.list_files("s3://spellings/on")) == []  # a prefix of a key is nothing
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.parquet").write_bytes(b"x")
+    local = [("a.parquet", f"file://{tmp_path}/d/a.parquet")]
+    for spelling in (f"{tmp_path}/d", f"{tmp_path}/d/", f"file://{tmp_path}/d"):
+        assert list(objects.list_files(spelling)) == local, spelling
+    assert list(objects.list_files(f"file://{tmp_path}/d/a.parquet")) == local

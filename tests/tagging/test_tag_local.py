@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from catalog import Catalog, build_catalog, tree_digest
 from conftest import run_tag_job
@@ -188,3 +190,21 @@ def test_workers_with_other_prodclf_code_than_the_driver_fail_the_run(
     )
     assert not (out / "_runs" / "skewed.json").exists()
     assert not list(out.glob("tags_history/**/*.parquet"))
+
+
+@pytest.mark.parametrize("spelling", ["path", "file-uri"])
+def test_a_base_library_given_as_one_parquet_file_is_tagged(
+    spark: SparkSession, catalog: Catalog, color_bundle: Path, tmp_path: Path, spelling: str
+) -> None:
+    """spark.read.parquet and pyarrow read one file; so does prodclf (preflight included)."""
+    single = tmp_path / "one-file.parquet"
+    frame = pd.concat([pd.read_parquet(p) for p in sorted(catalog.base.glob("*.parquet"))])
+    frame.to_parquet(single, index=False)
+    out = tmp_path / "commodity"
+    cfg = replace(
+        config(catalog, out, color_bundle, DAY1, "r1"),
+        base_library=str(single) if spelling == "path" else f"file://{single}",
+    )
+    manifest = run_tag_job(cfg, spark)
+    assert outcome(spark, out, DAY1) == expected(catalog)
+    assert manifest["base_rows"] == len(frame)
