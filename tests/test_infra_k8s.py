@@ -287,4 +287,5 @@ def test_the_jobs_bring_the_official_iceberg_runtime() -> None:
     for name in ("nightly", "backfill"):
         doc = yaml.safe_load((K8S / f"{name}.yaml").read_text())
         spec = doc["spec"].get("template", doc["spec"])
-        assert "org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2" in spec["deps"]["packages"]
+        runtime = "org.apache.iceberg:iceberg-spark-runtime-3.5_2.12:1.10.2"
+        assert runtime in spec["deps"]["packages"]
