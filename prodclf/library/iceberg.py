@@ -138,12 +138,15 @@ class IcebergTables:
     # --- reads ---------------------------------------------------------------------------
 
     def read_current(self, snapshot: int | None = None) -> DataFrame:
-        if snapshot is None and self.snapshot_id(self.current) is None:
+        """The table (empty before the library's first run), or one snapshot of it."""
+        if snapshot is None and (not self.exists() or self.snapshot_id(self.current) is None):
             return self.spark.createDataFrame([], CURRENT_TAGS)
         at = f" VERSION AS OF {snapshot}" if snapshot is not None else ""
         return self.sql(f"SELECT * FROM {self.current}{at}")
 
     def read_history(self, run_date: date | None = None, run_id: str | None = None) -> DataFrame:
+        if not self.exists():
+            return self.spark.createDataFrame([], COMMODITY_LIBRARY)
         df = self.sql(f"SELECT * FROM {self.history}")
         if run_date is not None:
             df = df.where(F.col("run_date") == F.lit(run_date))
@@ -301,6 +304,12 @@ class IcebergFormat:
 
     def read_current(self, spark: SparkSession) -> DataFrame:
         return self.tables(spark).read_current()
+
+    def current_rows(self, spark: SparkSession) -> int:
+        tables = self.tables(spark)
+        if not tables.exists():
+            return 0
+        return tables.total_records(tables.current, tables.snapshot_id(tables.current))
 
     def read_snapshot(self, spark: SparkSession, snapshot: str | None) -> DataFrame:
         tables = self.tables(spark)

@@ -173,6 +173,10 @@ class ParquetTables:
     def snapshot_available(self, snapshot: str) -> bool:
         return objects.exists(self.layout.path(snapshot))
 
+    def current_rows(self, spark: SparkSession) -> int:
+        pointer = self.pointer()
+        return pointer.rows if pointer else 0
+
     def read_current(self, spark: SparkSession) -> DataFrame:
         pointer = self.pointer()
         return self.read_snapshot(spark, pointer.snapshot if pointer else None)

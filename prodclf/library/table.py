@@ -251,6 +251,10 @@ class CommodityLibrary:
         """``tags_current`` as committed (empty before the first run)."""
         return self.format.read_current(spark)
 
+    def current_rows(self, spark: SparkSession) -> int:
+        """Rows of the committed ``tags_current``, from metadata (no scan)."""
+        return self.format.current_rows(spark)
+
     def read_history(
         self, spark: SparkSession, run_date: date | None = None, run_id: str | None = None
     ) -> DataFrame:
