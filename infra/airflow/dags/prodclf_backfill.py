@@ -3,7 +3,8 @@
 Params: ``run_date`` (required), ``model`` (default: the nightly's), and the selection,
 at least one of ``products`` (a .txt/.csv/Parquet list of ids), ``where`` (Spark SQL over
 the base library) and ``retry_errors``. A cheap first task checks them and builds the
-spark-submit arguments, so a bad trigger fails before any cluster work.
+spark-submit arguments, so a bad trigger fails before any cluster work. The tag task is
+retried only when a retry can help (``tag_job``, docs/runbook.md).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from datetime import date, datetime
 from typing import Any
 
 from airflow.sdk import DAG, Param, get_current_context, task
-from prodclf_common import BASE_LIBRARY, COMMODITY_LIBRARY, MODEL, job
+from prodclf_common import BASE_LIBRARY, COMMODITY_LIBRARY, MODEL, job, tag_job
 
 
 def selection_args(params: dict[str, Any], airflow_run_id: str) -> dict[str, Any]:
@@ -70,7 +71,7 @@ with DAG(
         return selection_args(context["params"], context["run_id"])
 
     chosen = selection()
-    tag = job("tag", "tag_catalog.py", chosen["args"])
+    tag = tag_job(chosen["args"])
     report = job(
         "report", "build_report.py", [chosen["run_id"], "--commodity-library", COMMODITY_LIBRARY]
     )

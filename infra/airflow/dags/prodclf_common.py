@@ -8,14 +8,21 @@ PRODCLF_HOME               the prodclf checkout on the Airflow workers (jobs/ is
 PRODCLF_ENV_ARCHIVE        infra/package.sh's archive, shipped with --archives
 PRODCLF_BASE_LIBRARY, PRODCLF_COMMODITY_LIBRARY, PRODCLF_MODEL   the job's data
 PRODCLF_KEEP_DAYS          retention for `prodclf vacuum`
+PRODCLF_AWS_CONN           the Airflow AWS connection that reads an s3:// library after a
+                           failed tag run (default ``aws_default``; prodclf_outcome.py)
+
+The tag tasks retry only what may be transient (docs/runbook.md): ``tag_job``.
 """
 
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any
 
+from airflow.exceptions import AirflowException, AirflowFailException
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from prodclf_outcome import classify, run_of
 
 HOME = os.environ.get("PRODCLF_HOME", "/opt/prodclf")
 ENV_ARCHIVE = os.environ.get("PRODCLF_ENV_ARCHIVE", "s3a://example-artifacts/prodclf-env.tar.gz")
@@ -54,9 +61,15 @@ SPARK_CONF: dict[str, str] = {
 }
 
 
-def job(task_id: str, script: str, args: Any, **kwargs: Any) -> SparkSubmitOperator:
+def job(
+    task_id: str,
+    script: str,
+    args: Any,
+    operator: type[SparkSubmitOperator] = SparkSubmitOperator,
+    **kwargs: Any,
+) -> SparkSubmitOperator:
     """spark-submit ``jobs/<script>`` in cluster mode with the packed environment."""
-    return SparkSubmitOperator(
+    return operator(
         task_id=task_id,
         conn_id=CONN_ID,
         application=f"{HOME}/jobs/{script}",
@@ -69,3 +82,42 @@ def job(task_id: str, script: str, args: Any, **kwargs: Any) -> SparkSubmitOpera
         name=f"prodclf-{task_id}",
         **kwargs,
     )
+
+
+#: A tag task's retries: one, after the lease of a dead attempt's lock (900 s) has expired.
+TAG_RETRIES = 1
+TAG_RETRY_DELAY = timedelta(minutes=20)
+
+
+class TagSubmitOperator(SparkSubmitOperator):
+    """The tag job's spark-submit. When it fails, the library says whether to retry.
+
+    In cluster mode the driver's exit code does not reach spark-submit, so the failed
+    attempt is judged by what it left in the commodity library (``prodclf_outcome``): a
+    failure that may be transient is an ``AirflowException`` (retried), one that a rerun
+    would repeat (a refusal) an ``AirflowFailException`` (never retried); a run whose
+    manifest exists is complete, whatever spark-submit said. A library that cannot be
+    read (an S3 error, no Amazon provider) raises that error: Airflow's default, a retry.
+    """
+
+    def execute(self, context: Any) -> None:
+        try:
+            super().execute(context)
+        except AirflowException as failure:
+            run = run_of([str(a) for a in self.application_args or []])
+            if type(failure) is not AirflowException or run is None:
+                raise
+            outcome = classify(*run)
+            if outcome.complete:
+                self.log.warning("spark-submit failed, but %s", outcome.reason)
+                return
+            self.log.error("%s", outcome.reason)
+            if outcome.retry:
+                raise AirflowException(outcome.reason) from failure
+            raise AirflowFailException(outcome.reason) from failure
+
+
+def tag_job(args: Any, **kwargs: Any) -> SparkSubmitOperator:
+    """``job("tag", "tag_catalog.py", args)``, retried only when a retry can help."""
+    kwargs = {"retries": TAG_RETRIES, "retry_delay": TAG_RETRY_DELAY, **kwargs}
+    return job("tag", "tag_catalog.py", args, operator=TagSubmitOperator, **kwargs)

@@ -2,6 +2,8 @@
 
 The run id is fixed by the DAG run (``nightly-<ts_nodash>``) so the report task names the
 run the tag task wrote; a retried tag task reruns the same run id and replaces its rows.
+The tag task is retried only when a retry can help (``tag_job``, docs/runbook.md): once,
+20 minutes later, never after a refusal.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
-from prodclf_common import BASE_LIBRARY, COMMODITY_LIBRARY, KEEP_DAYS, MODEL, job
+from prodclf_common import BASE_LIBRARY, COMMODITY_LIBRARY, KEEP_DAYS, MODEL, job, tag_job
 
 RUN_ID = "nightly-{{ ts_nodash }}"
 
@@ -22,9 +24,7 @@ with DAG(
     default_args={"retries": 1, "retry_delay": timedelta(minutes=15)},
     tags=["prodclf"],
 ) as dag:
-    tag = job(
-        "tag",
-        "tag_catalog.py",
+    tag = tag_job(
         [
             "--mode",
             "incremental",
