@@ -32,6 +32,12 @@ class RunFailed(ProdclfError):
 
     exit_code = 3
 
+    def __init__(self, message: str, retryable: bool = True) -> None:
+        super().__init__(message)
+        #: Whether running it again, unchanged, may succeed (a store outage, a commit
+        #: conflict), or a person must change something first (the workers' environment).
+        self.retryable = retryable
+
 
 class StoreUnavailable(RunFailed):
     """The image store cannot be used at all (unreachable, credentials refused)."""
@@ -128,7 +134,7 @@ def worker_setup_fails_run(what: str) -> Iterator[None]:
         cause = worker_setup_error(str(exc))
         if cause is None:
             raise
-        raise RunFailed(f"{what} failed, nothing published: {cause}") from exc
+        raise RunFailed(f"{what} failed, nothing published: {cause}", retryable=False) from exc
 
 
 class ErrorCode(str, Enum):

@@ -10,6 +10,7 @@
     _runs/<run_id>.json                          a run's manifest: marks it complete
     _runs/<run_id>.json.pending                  a manifest waiting for its pointer swap
     _runs/<run_id>.html                          a run's report
+    _runs/<run_id>.failure                       why the run's last attempt failed (exit 3)
     _lock.json                                   the lock held by the command writing the library
     iceberg/                                     the Iceberg tables (library.format: iceberg)
 
@@ -91,6 +92,9 @@ class Layout:
 
     def pending_manifest(self, run_id: str) -> str:
         return self.path(MANIFESTS, f"{run_id}.json{PENDING}")
+
+    def failure(self, run_id: str) -> str:
+        return self.path(MANIFESTS, f"{run_id}.failure")
 
     def report(self, run_id: str) -> str:
         return self.path(MANIFESTS, f"{run_id}.html")

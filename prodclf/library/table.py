@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import date
 from typing import TYPE_CHECKING, Any
 
@@ -319,6 +321,35 @@ class CommodityLibrary:
         pending = self.layout.pending_manifest(manifest.run_id)
         objects.write_bytes(self.layout.manifest(manifest.run_id), objects.read_bytes(pending))
         objects.delete(pending)
+        objects.delete(self.layout.failure(manifest.run_id))  # an earlier attempt's
+
+    @contextmanager
+    def failures_recorded(self, run_id: str) -> Iterator[None]:
+        """Record (``record_failure``) a ``RunFailed`` raised inside, then let it go on."""
+        try:
+            yield
+        except RunFailed as exc:
+            self.record_failure(run_id, exc)
+            raise
+
+    def record_failure(self, run_id: str, exc: RunFailed) -> None:
+        """Why run ``run_id`` failed as a whole: a scheduler that cannot see the exit code
+        (spark-submit in cluster mode) reads it to decide whether to retry. Best effort;
+        a library that does not exist yet gets nothing."""
+        body = {
+            "run_id": run_id,
+            "exit_code": exc.exit_code,
+            "error": type(exc).__name__,
+            "retryable": exc.retryable,
+            "message": str(exc),
+            "at": iso(now()),
+        }
+        try:
+            if self._marker() is None:
+                return  # no library yet: a failed first run leaves nothing at all
+            objects.write_bytes(self.layout.failure(run_id), json.dumps(body).encode())
+        except OSError as err:
+            log.warning("could not record the failure of run %s: %s", run_id, err)
 
     def roll_forward(self, spark: SparkSession | None = None) -> list[RunManifest]:
         """Finish commits cut short after their swap; the manifests.

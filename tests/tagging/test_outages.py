@@ -9,6 +9,7 @@ Python worker, however many tasks each worker runs.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections import Counter
 from pathlib import Path
@@ -146,7 +147,12 @@ def test_a_store_failing_mid_run_publishes_nothing_and_keeps_the_previous_run(
     assert line.startswith("prodclf: error: run midway failed, nothing published: ")
     assert "products are store_unavailable rows" in line
     assert "e.g. the store refused the credentials (ExpiredToken)" in line
-    # Nothing was written: the earlier complete run is intact and still the one to read.
+    # Nothing was published: the earlier complete run is intact and still the one to read;
+    # beside it, only the record a scheduler reads to retry (spark-submit in cluster mode).
+    failure = json.loads((out / "_runs" / "midway.failure").read_text())
+    assert failure["exit_code"] == 3 and failure["retryable"] is True
+    assert failure["message"] == line.removeprefix("prodclf: error: ")
+    (out / "_runs" / "midway.failure").unlink()
     assert tree_digest(out) == before
     assert complete_runs(out, RUN_DATE) == ["prior"]
     assert set(manifests(out)) == {"prior"}

@@ -9,14 +9,17 @@ docs/runbook.md's retry policy (checked in this order, for the run id R of date 
 found                                  meaning                                         retry
 =====================================  ==============================================  =====
 ``_runs/R.json``                       complete (it died after publishing): success    --
+``_runs/R.failure`` (not holding lock)  failed as a whole (exit 3), nothing published:  its
+                                       the record says whether a retry can help (a     own
+                                       store outage, a commit conflict) or not (the    word
+                                       executors' environment: version skew, GPU)
 ``_lock.json`` held by run R           died holding the lock (killed, OOM, lost node)  yes
 ``_runs/R.json.pending``               its commit was cut short                        yes
 ``tags_history/run_date=D/run_id=R/``  failed after writing its rows: commit conflict,  yes
                                        read-back check, lock taken over; or died
 ``_lock.json`` held by another command the library was busy (LockedError)              yes
-nothing of run R                       refused (exit 2), or failed before writing      no
-                                       anything (exit 3: store outage, error-rate
-                                       gate, version skew, GPU unavailable)
+nothing of run R                       refused (exit 2), or the library's very first   no
+                                       run failed (it leaves nothing at all)
 =====================================  ==============================================  =====
 
 A retry reruns the same run id: it finishes or replaces what the failed attempt left, and
@@ -45,7 +48,8 @@ RUNBOOK = "docs/runbook.md"
 class Outcome:
     """A failed attempt's verdict: ``complete`` (nothing failed after all), else retry or not."""
 
-    state: str  # complete, died, commit_cut_short, failed_after_writing, library_busy, nothing
+    # complete, failed, died, commit_cut_short, failed_after_writing, library_busy, nothing
+    state: str
     retry: bool
     reason: str  # one line for the task log
 
@@ -118,6 +122,17 @@ def _lock_holder(text: str | None) -> dict[str, Any] | None:
     return info
 
 
+def _failure(text: str | None) -> dict[str, Any] | None:
+    """The failure record of a run that failed as a whole (exit 3), when readable."""
+    if text is None:
+        return None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def classify(library: str, run_id: str, run_date: str, files: Files | None = None) -> Outcome:
     """What run ``run_id`` (of ``run_date``) left in ``library`` after its driver failed."""
     files = files or files_for(library)
@@ -126,6 +141,16 @@ def classify(library: str, run_id: str, run_date: str, files: Files | None = Non
     if files.read(f"{root}/_runs/{run_id}.json") is not None:
         return Outcome("complete", False, f"run {run_id} is complete (its manifest exists)")
     holder = _lock_holder(files.read(f"{root}/_lock.json"))
+    record = _failure(files.read(f"{root}/_runs/{run_id}.failure"))
+    if record is not None and not (holder is not None and holder.get("run_id") == run_id):
+        retry = bool(record.get("retryable"))
+        verdict = "a retry may succeed" if retry else "not retried: a person must act first"
+        return Outcome(
+            "failed",
+            retry,
+            f"run {run_id} failed as a whole and published nothing ({verdict}): "
+            f"{record.get('message', '?')} ({see})",
+        )
     if holder is not None and holder.get("run_id") == run_id:
         return Outcome(
             "died",

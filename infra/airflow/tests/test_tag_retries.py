@@ -68,6 +68,19 @@ def layout(lib: Path) -> None:
     history(lib, "nightly-20261120T023000")
 
 
+def failure(lib: Path, retryable: bool) -> None:
+    """The record prodclf leaves when a run fails as a whole (exit 3)."""
+    (lib / "_runs").mkdir(parents=True, exist_ok=True)
+    record = {
+        "run_id": RUN_ID,
+        "exit_code": 3,
+        "error": "RunFailed",
+        "retryable": retryable,
+        "message": f"run {RUN_ID} failed, nothing published: ...",
+    }
+    (lib / "_runs" / f"{RUN_ID}.failure").write_text(json.dumps(record))
+
+
 def released_lock(lib: Path) -> None:
     lib.mkdir(parents=True, exist_ok=True)
     (lib / "_lock.json").write_text('{"state": "released"}')
@@ -92,6 +105,16 @@ STATES: dict[str, tuple[list[Any], str, bool | None]] = {
         True,
     ),
     "unreadable lock": ([layout, unreadable_lock], "library_busy", True),
+    "failed, retryable (store outage, commit conflict)": (
+        [layout, lambda lib: failure(lib, True)],
+        "failed",
+        True,
+    ),
+    "failed, not retryable (version skew, GPU unavailable)": (
+        [layout, lambda lib: failure(lib, False)],
+        "failed",
+        False,
+    ),
     "nothing": ([layout], "nothing", False),
     "nothing, lock released": ([layout, released_lock], "nothing", False),
     "nothing, empty library": ([], "nothing", False),
