@@ -1,9 +1,10 @@
-"""Results of ``benchmarks/bench.py``: summaries, the Markdown table, the README block.
+"""Results of ``benchmarks/bench.py``: summaries, the Markdown table, the benchmark block.
 
-    python benchmarks/report.py [--results bench-workdir/results.json] [--readme README.md]
+    python benchmarks/report.py [--results bench-workdir/results.json] [--readme [FILE]]
 
 Prints the table of a results file; with ``--readme`` it also replaces the block between
-``<!-- bench:start -->`` and ``<!-- bench:end -->`` in that file with it (the markers stay).
+``<!-- bench:start -->`` and ``<!-- bench:end -->`` in FILE with it (the markers stay). FILE
+defaults to ``docs/benchmarks.md``, where the benchmark method and its tables live.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Any
 
 START = "<!-- bench:start -->"
 END = "<!-- bench:end -->"
+#: The document whose bench block ``--readme`` fills when given no file.
+DEFAULT_TARGET = "docs/benchmarks.md"
 
 
 def summarize(seconds: list[float], images: int) -> dict[str, Any]:
@@ -133,7 +136,7 @@ def _readings_note(lim: dict[str, Any]) -> str:
 
 
 def markdown(results: dict[str, Any]) -> str:
-    """The README's benchmark block, every number read from ``results``."""
+    """The benchmark block of docs/benchmarks.md, every number read from ``results``."""
     m = results["machine"]
     lim = results.get("limits") or {}
     lf = lim.get("LF")
@@ -252,7 +255,13 @@ def write_readme_block(readme: Path, block: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/report.py", description=__doc__)
     ap.add_argument("--results", default="bench-workdir/results.json")
-    ap.add_argument("--readme", help="write the table into this file's bench block")
+    ap.add_argument(
+        "--readme",
+        nargs="?",
+        const=DEFAULT_TARGET,
+        metavar="FILE",
+        help=f"write the table into FILE's bench block (FILE default: {DEFAULT_TARGET})",
+    )
     args = ap.parse_args(argv)
     block = markdown(json.loads(Path(args.results).read_text()))
     print(block)

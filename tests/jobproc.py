@@ -255,7 +255,7 @@ def manifests(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def complete_runs(out: Path, run_date: str) -> list[str]:
-    """The runs of ``run_date`` a downstream consumer may read (README's rule).
+    """The runs of ``run_date`` a downstream consumer may read (docs/data-contracts.md's rule).
 
     Complete means: a manifest for that ``run_date`` and ``run_id`` whose ``rows_written``
     is the number of rows in the run's own tags_history partition.

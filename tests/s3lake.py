@@ -146,8 +146,9 @@ def current_by_pointer(endpoint: str, s3: Any, bucket: str, library: str = "comm
 
 
 def complete_runs(s3: Any, bucket: str, run_date: str, library: str = "commodity") -> list[str]:
-    """The README's rule, on S3: a run of ``run_date`` is readable when its manifest exists
-    and its ``rows_written`` equals the rows in its own partition."""
+    """The rule of docs/data-contracts.md (the run manifest), on S3: a run of ``run_date``
+    is readable when its manifest exists and its ``rows_written`` equals the rows in its own
+    partition."""
     found = []
     for key in keys(s3, bucket, f"{library}/_runs/"):
         if not key.endswith(".json"):

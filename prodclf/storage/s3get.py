@@ -2,7 +2,8 @@
 
 Why: botocore's ``get_object`` pipeline (parameter validation, endpoint rules, event hooks,
 response parsing) costs about 1.1 ms of CPU per 140 kB photo, this path about 0.35 ms; on a
-tagging worker that is the largest cost after decoding and the model (README, performance).
+tagging worker that is the largest cost after decoding and the model (docs/benchmarks.md,
+"Where the CPU goes").
 
 Nothing that decides *what* is sent *where* is decided here. The object's URL and the
 signing region are learnt once per bucket from botocore itself: a ``get_object`` on a twin
