@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyspark
 import pytest
 from conftest import ROOT
 
@@ -93,6 +94,9 @@ print("RESULT " + json.dumps(out))
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not pyspark.__version__.startswith("3.5"), reason="the Iceberg stand-in runtime is Spark 3.5's"
+)
 def test_an_iceberg_session_keeps_the_launchers_extensions(tmp_path: Path) -> None:
     """spark-defaults.conf's extensions stay; Iceberg's are added and work (MERGE INTO)."""
     spec = importlib.util.spec_from_file_location(
@@ -160,8 +164,6 @@ def test_under_spark_submit_the_clusters_settings_survive_and_conf_applies(
 ) -> None:
     """spark-submit's --conf, --jars, --name and properties file, and the cluster's log4j,
     stay; the command's own --conf applies; only prodclf's correctness settings are forced."""
-    import pyspark
-
     props = tmp_path / "cluster.conf"
     props.write_text(
         "spark.sql.catalogImplementation   hive\n"
