@@ -23,7 +23,7 @@ export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: setup setup-spark4 demo test test-spark35 test-spark4 test-fast lint typecheck bench \
 	results clean check-java fashion-mnist s3a-jars iceberg-jar iceberg-reader-env airflow-env \
-	test-airflow bench-incremental bench-ray-env
+	test-airflow bench-incremental bench-ray-env chromium pushgateway
 
 setup: $(STAMP)
 
@@ -103,6 +103,22 @@ fashion-mnist:
 	  $(SUDO) apt-get install -y dataset-fashion-mnist >/dev/null || { \
 	    $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y dataset-fashion-mnist >/dev/null; }; }
 
+# Headless Chromium renders the run report (tests/tagging/test_report_browser.py).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "Installing Debian's chromium"; \
+	  $(SUDO) apt-get install -y chromium >/dev/null || { \
+	    $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y chromium >/dev/null; }; }
+
+# Debian's Prometheus Pushgateway: tests/test_observability.py starts it on a loopback port.
+PUSHGATEWAY := /usr/bin/prometheus-pushgateway
+
+pushgateway:
+	@test -x $(PUSHGATEWAY) || { \
+	  echo "Installing Debian's prometheus-pushgateway"; \
+	  $(SUDO) apt-get install -y prometheus-pushgateway >/dev/null || { \
+	    $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y prometheus-pushgateway >/dev/null; }; }
+
 demo: setup fashion-mnist
 	$(BIN)/prodclf demo --workdir $(WORKDIR) --data-dir $(FASHION_MNIST)
 
@@ -113,7 +129,7 @@ test: setup setup-spark4 s3a-jars iceberg-jar iceberg-reader-env
 	@$(MAKE) --no-print-directory test-spark4
 	@$(MAKE) --no-print-directory test-airflow
 
-test-spark35: setup s3a-jars iceberg-jar iceberg-reader-env
+test-spark35: setup s3a-jars iceberg-jar iceberg-reader-env chromium pushgateway
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Python workers must run the Spark 4 interpreter, not the exported .venv one.
@@ -129,8 +145,8 @@ lint: setup
 	$(BIN)/ruff format --check prodclf jobs tests benchmarks infra
 	$(BIN)/mypy
 
-# The throughput comparison (benchmarks/bench.py; flags in BENCH_ARGS, see the README's
-# Benchmarks): S3 behind 30 ms, 2000 upscaled Grocery Store photos, 3 alternating repetitions.
+# The throughput comparison (benchmarks/bench.py; flags in BENCH_ARGS, see docs/benchmarks.md):
+# S3 behind 30 ms, 2000 upscaled Grocery Store photos, 3 alternating repetitions.
 bench: setup s3a-jars bench-ray-env
 	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 

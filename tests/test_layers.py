@@ -21,13 +21,16 @@ LAYERS: list[tuple[str, ...]] = [
     ("prodclf.library",),
     ("prodclf.images",),
     ("prodclf.model",),
-    ("prodclf.taxonomy",),
+    # What a platform watches a run by (lineage, metrics, log lines): called by the CLI only.
+    ("prodclf.taxonomy", "prodclf.observability"),
     (
         "prodclf.tagging.transforms",
         "prodclf.tagging.udf",
         "prodclf.tagging.checks",
         "prodclf.tagging.selection",
         "prodclf.tagging.report",
+        "prodclf.tagging.review",
+        "prodclf.tagging.plots",
         "prodclf.tagging.progress",
         "prodclf.training.data",
         "prodclf.evaluation.metrics",
@@ -51,6 +54,7 @@ PACKAGES = {
     "prodclf.tagging",
     "prodclf.training",
     "prodclf.evaluation",
+    "prodclf.observability",
 }
 
 

@@ -78,11 +78,15 @@ def tag_preflight(cfg: TagConfig) -> BundleMeta:
     if is_same_or_inside(out, cfg.model) or is_same_or_inside(cfg.model, out):
         raise ConfigError(f"--commodity-library {out} overlaps the model bundle {cfg.model}")
     tables.require_dataset(base, "base library")
-    CommodityLibrary(out, table=cfg.library).require_layout()
+    library = CommodityLibrary(out, table=cfg.library)
+    library.require_layout()
+    if not cfg.dry_run:
+        library.refuse_if_locked()
     if cfg.products:
         tables.require_dataset(cfg.products, "--products list")
     meta = read_meta(cfg.model)
-    checks.preflight(cfg)  # the base library's footers, then a probe of the image store
+    with library.failures_recorded(cfg.run_id):  # a store outage is a run failure (exit 3)
+        checks.preflight(cfg)  # the base library's footers, then a probe of the image store
     return meta
 
 
@@ -111,6 +115,19 @@ def read_inputs(cfg: TagConfig, spark: SparkSession) -> Inputs:
     inputs (an unreadable list or a bad predicate is refused): nothing written yet."""
     extra = (cfg.change_column,) if cfg.change_column else ()
     base = tables.read_base_library(spark, cfg.base_library, cfg.storage.spark_s3_scheme, extra)
+    # The selection's inputs first: a bad predicate is refused before the catalog is counted.
+    listed = matching = None
+    if cfg.mode == "backfill" and cfg.products:
+        listed = tables.read_product_list(spark, cfg.products, cfg.storage.spark_s3_scheme)
+    if cfg.mode == "backfill" and cfg.where:
+        try:
+            matching = base.where(F.expr(cfg.where)).select("product_id")
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+            raise ConfigError(
+                f"--where {cfg.where!r} is not a predicate over the base library's "
+                f"columns ({first[:300]})"
+            ) from None
     counts = count_catalog(base)
     if counts.rows == 0:
         raise InputError(f"base library {cfg.base_library}: has no rows; nothing to tag")
@@ -126,18 +143,6 @@ def read_inputs(cfg: TagConfig, spark: SparkSession) -> Inputs:
             counts.null_product_ids,
             counts.duplicate_rows,
         )
-    listed = matching = None
-    if cfg.mode == "backfill" and cfg.products:
-        listed = tables.read_product_list(spark, cfg.products, cfg.storage.spark_s3_scheme)
-    if cfg.mode == "backfill" and cfg.where:
-        try:
-            matching = base.where(F.expr(cfg.where)).select("product_id")
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-            raise ConfigError(
-                f"--where {cfg.where!r} is not a predicate over the base library's "
-                f"columns ({first[:300]})"
-            ) from None
     return Inputs(base, counts, listed, matching)
 
 
@@ -195,7 +200,8 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
     if cfg.dry_run:
         return dry_run(cfg, spark, meta, inputs, library)
     owner = f"prodclf tag {cfg.mode} run {cfg.run_id}"
-    with library.lock(owner, cfg.lock_ttl_s, cfg.run_id).held() as lock:
+    lock = library.lock(owner, cfg.lock_ttl_s, cfg.run_id)
+    with library.failures_recorded(cfg.run_id), lock.held():
         manifests = library.roll_forward(spark)
         done = next((m for m in manifests if m.run_id == cfg.run_id), None)
         if done is not None:
@@ -204,8 +210,8 @@ def run_tag(cfg: TagConfig, spark: SparkSession, meta: BundleMeta) -> dict[str, 
             return done.to_dict()
         manifest = tag_run(cfg, spark, meta, library, lock, inputs)
         register(cfg, spark, library, manifest)
-    write_report(cfg, spark, library, manifest)
-    return manifest.to_dict()
+    churn = write_report(cfg, spark, library, manifest)
+    return {**manifest.to_dict(), **({"churn": churn} if churn else {})}
 
 
 def dry_run(
@@ -216,7 +222,6 @@ def dry_run(
     library: CommodityLibrary,
 ) -> dict[str, Any]:
     """How many products the run would tag, and why. Nothing is written, no lock taken."""
-    pointer = library.pointer()
     current = library.read_current(spark)
     chosen = plan_selection(cfg, inputs, current, meta.model_version)
     chosen.products.unpersist()
@@ -233,7 +238,7 @@ def dry_run(
         "unknown_product_ids": chosen.unknown_product_ids,
         "unknown_product_id_examples": chosen.unknown_examples,
         "base_products": inputs.counts.distinct_products,
-        "current_rows": pointer.rows if pointer else 0,
+        "current_rows": library.current_rows(spark),
         "commodity_library": library.root,
     }
 
@@ -343,13 +348,16 @@ def register(
 
 def write_report(
     cfg: TagConfig, spark: SparkSession, library: CommodityLibrary, manifest: RunManifest
-) -> None:
-    """The run's HTML report beside its manifest; a failure is logged, the run stays complete."""
+) -> dict[str, int] | None:
+    """The run's HTML report beside its manifest; its category churn (None when the report
+    failed: that is logged, and the run stays complete)."""
     from prodclf.tagging.report import build_report
 
     try:
-        uri = build_report(spark, library, manifest, cfg.inference.review_threshold)
+        threshold = cfg.inference.review_threshold
+        uri, data = build_report(spark, library, manifest, threshold, storage=cfg.storage)
         log.info("report: %s", uri)
+        return {"compared": data.compared, "changed": data.changed}
     except Exception:
         log.exception(
             "run %s is complete, but its report failed; rebuild it with "
@@ -358,6 +366,7 @@ def write_report(
             manifest.run_id,
             cfg.commodity_library,
         )
+        return None
 
 
 def run_summary(run_rows: DataFrame) -> dict[str, Any]:

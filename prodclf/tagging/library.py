@@ -107,14 +107,17 @@ def run_report(cfg: ReportConfig, spark: SparkSession, _: None = None) -> str:
             f"run {cfg.run_id}: no manifest in {cfg.commodity_library}; not a complete run"
         )
     threshold = manifest.review_threshold if manifest.review_threshold is not None else 0.6
-    return build_report(spark, library, manifest, threshold, cfg.out)
+    return build_report(spark, library, manifest, threshold, cfg.out, cfg.storage)[0]
 
 
 # --- prodclf vacuum and migrate ----------------------------------------------------------------
 
 
 def library_preflight(cfg: LibraryConfig) -> None:
-    _open(cfg).require_layout()
+    library = _open(cfg)
+    library.require_layout()
+    if isinstance(cfg, VacuumConfig) and cfg.apply:
+        library.refuse_if_locked()
 
 
 def run_vacuum(cfg: VacuumConfig, spark: SparkSession, _: None = None) -> dict[str, Any]:
@@ -133,12 +136,14 @@ def migrate_preflight(cfg: MigrateConfig) -> None:
                 f"commodity library {cfg.commodity_library}: no library of this layout to "
                 f"convert (upgrade a first-layout one first: `{hint}`)"
             )
+        library.refuse_if_locked()
         return
     if library.layout_version() != layout.LAYOUT_V1:
         raise InputError(
             f"commodity library {cfg.commodity_library}: not in the first layout "
             "(run_date partitions at its root); nothing to migrate"
         )
+    library.refuse_if_locked()
 
 
 def run_migrate(cfg: MigrateConfig, spark: SparkSession, _: None = None) -> dict[str, Any]:
