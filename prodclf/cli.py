@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +39,8 @@ from prodclf.config import (
 )
 from prodclf.errors import ConfigError, ProdclfError
 from prodclf.model.catalog import ARCHITECTURES, FUSIONS
+from prodclf.observability.command import observe
+from prodclf.observability.logs import LOG_FORMAT_ENV, LOG_FORMATS, set_context, setup_logging
 from prodclf.schemas import MODES
 
 EXIT_REFUSED = 2
@@ -59,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="prodclf", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"prodclf {__version__}")
     parser.add_argument("--log-level", default="INFO", help="Python log level (default INFO)")
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        # The spark-submit entries (jobs/*.py) take no global flags: the variable reaches them.
+        default=os.environ.get(LOG_FORMAT_ENV) or "text",
+        help=f"text (default; or ${LOG_FORMAT_ENV}) or json: one JSON object a line (ts, "
+        "level, logger, message, command, run_id)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tag = sub.add_parser(
@@ -544,7 +556,11 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from prodclf.tagging.job import run_tag, tag_preflight
 
     cfg: TagConfig = build_config(args)
-    _print(_run(cfg, tag_preflight, run_tag, cfg.inference.arrow_batch_size))
+    with observe(cfg) as obs:
+        obs.result = _run(
+            cfg, obs.preflight(tag_preflight), run_tag, cfg.inference.arrow_batch_size
+        )
+    _print(obs.result)
     return 0
 
 
@@ -552,7 +568,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from prodclf.training.job import run_train, train_preflight
 
     cfg: TrainConfig = build_config(args)
-    meta = _run(cfg, train_preflight, run_train)
+    with observe(cfg) as obs:
+        meta = obs.model = obs.result = _run(cfg, train_preflight, run_train)
     _print(
         {
             "model_out": cfg.model_out,
@@ -568,7 +585,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from prodclf.evaluation.job import evaluate_preflight, run_evaluate
 
     cfg: EvaluateConfig = build_config(args)
-    result = _run(cfg, evaluate_preflight, run_evaluate, cfg.inference.arrow_batch_size)
+    with observe(cfg) as obs:
+        preflight = obs.preflight(evaluate_preflight)
+        result = _run(cfg, preflight, run_evaluate, cfg.inference.arrow_batch_size)
     keys = ("accuracy", "top_k_accuracy", "macro_f1", "expected_calibration_error")
     _print(
         {
@@ -596,7 +615,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     from prodclf.tagging.library import library_preflight, run_report
 
     cfg: ReportConfig = build_config(args)
-    _print({"run_id": cfg.run_id, "report": _run(cfg, library_preflight, run_report)})
+    with observe(cfg):
+        uri = _run(cfg, library_preflight, run_report)
+    _print({"run_id": cfg.run_id, "report": uri})
     return 0
 
 
@@ -604,7 +625,9 @@ def cmd_vacuum(args: argparse.Namespace) -> int:
     from prodclf.tagging.library import library_preflight, run_vacuum
 
     cfg: VacuumConfig = build_config(args)
-    _print(_run(cfg, library_preflight, run_vacuum))
+    with observe(cfg) as obs:
+        obs.result = _run(cfg, library_preflight, run_vacuum)
+    _print(obs.result)
     return 0
 
 
@@ -612,7 +635,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from prodclf.tagging.library import migrate_preflight, run_migrate
 
     cfg: MigrateConfig = build_config(args)
-    _print(_run(cfg, migrate_preflight, run_migrate))
+    with observe(cfg) as obs:
+        obs.result = _run(cfg, migrate_preflight, run_migrate)
+    _print(obs.result)
     return 0
 
 
@@ -651,12 +676,14 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("py4j", "botocore", "urllib3", "s3transfer"):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.log_format not in LOG_FORMATS:  # a default from the environment
+        parser.error(f"{LOG_FORMAT_ENV}={args.log_format!r}: use {' or '.join(LOG_FORMATS)}")
+    setup_logging(args.log_level, args.log_format)
+    # Until a command knows better (a tag run's id, a lineage run's), its lines carry this id.
+    set_context(command=args.command, run_id=str(uuid.uuid4()))
+    for noisy in ("py4j", "botocore", "urllib3", "s3transfer", "openlineage"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Spark 4 logs every failed query analysis as a JSON record on stderr, also the ones
     # prodclf catches and turns into its one-line refusal (a bad --where): errors that are
@@ -666,5 +693,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except ProdclfError as exc:
         # One line; 2: refused before any work, 3: the run failed and published nothing.
-        print(f"prodclf: error: {exc}", file=sys.stderr)
+        # With --log-format json that line is a JSON record too (same text, level ERROR).
+        log = logging.getLogger(__name__)
+        if args.log_format == "json" and log.isEnabledFor(logging.ERROR):
+            log.error("prodclf: error: %s", exc)
+        else:
+            print(f"prodclf: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except Exception:
+        if args.log_format != "json":
+            raise
+        # JSON lines only: the traceback goes into the record's exception field.
+        logging.getLogger(__name__).exception("prodclf: %s failed", args.command)
+        return 1
