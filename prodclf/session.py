@@ -61,6 +61,9 @@ def create_session(
         # Local Python workers must run this interpreter, with prodclf and its pins.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     launcher = launcher_conf(under_submit)
+    if launcher.get("spark.app.name") == os.path.basename(sys.argv[0] or ""):
+        # spark-submit without --name names the application after its script: not a choice.
+        launcher = {k: v for k, v in launcher.items() if k != "spark.app.name"}
     settings = resolve(launcher, own_settings(cfg, arrow_batch_size, master), extra or {})
     settings.update(dict(cfg.conf))
     builder = SparkSession.builder

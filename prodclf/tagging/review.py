@@ -24,7 +24,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from prodclf.config import StorageConfig
-from prodclf.errors import RowError
+from prodclf.errors import ErrorCode, RowError
 from prodclf.images import PreprocessSpec, decode_to_uint8
 from prodclf.schemas import STATUS_OK
 from prodclf.storage import objects
@@ -52,6 +52,8 @@ THUMB_QUALITY = 80
 FETCH_DEADLINE_S = 15.0
 FETCH_ATTEMPTS = 2
 FETCH_THREADS = 8
+#: Error codes whose photo was fetched and decoded fine: worth showing.
+PHOTO_INTACT = (ErrorCode.INFERENCE_FAILED.value, ErrorCode.INTERNAL_ERROR.value)
 
 REVIEW_COLUMNS = (
     "product_id",
@@ -173,9 +175,15 @@ def add_thumbnails(items: list[ReviewItem], storage: StorageConfig) -> None:
         fetch_deadline_s=min(storage.fetch_deadline_s, FETCH_DEADLINE_S),
         max_attempts=min(storage.max_attempts, FETCH_ATTEMPTS),
     )
+    # An error row whose photo the run could not fetch or decode is not fetched again: the
+    # store answered already, and a stalled or huge object must not hold the report.
+    wanted = [it for it in items if it.error_code in (None, *PHOTO_INTACT)]
+    for item in items:
+        if item not in wanted:
+            item.thumbnail, item.problem = None, f"{item.error_code}: not fetched again"
     with ThreadPoolExecutor(FETCH_THREADS) as pool:
-        made = list(pool.map(lambda it: thumbnail(it.image_uri, quick), items))
-    for item, (jpeg, problem) in zip(items, made, strict=True):
+        made = list(pool.map(lambda it: thumbnail(it.image_uri, quick), wanted))
+    for item, (jpeg, problem) in zip(wanted, made, strict=True):
         item.thumbnail, item.problem = jpeg, problem
     missing = sum(1 for it in items if it.thumbnail is None)
     if missing:

@@ -386,14 +386,16 @@ def test_review_cards_show_thumbnails_placeholders_and_escaped_text(tmp_path: Pa
     gone = f"file://{tmp_path}/<b>.png"
     items = [
         ReviewItem(HOSTILE, f"file://{photo}", STATUS_OK, HOSTILE, 0.42, [(HOSTILE, 0.42)]),
-        ReviewItem("e1", gone, STATUS_ERROR, error_code="fetch_failed", error_message=HOSTILE),
+        # The model failed on it: its photo is fetched again (and is gone by now).
+        ReviewItem("e1", gone, STATUS_ERROR, error_code="inference_failed", error_message=HOSTILE),
         ReviewItem("e2", gone, STATUS_ERROR, error_code="not_found", error_message="gone"),
     ]
     add_thumbnails(items, StorageConfig())
     page = render_review(items, 0.6, ok_rows=1, error_rows=2)
     assert page.count("<img class='thumb'") == 1 and page.count("class='noimg'") == 2
     assert "class='card doubt'" in page and page.count("class='card err'") == 2
-    # A reason other than the run's error is news: it is shown; the same error is "still".
+    # A reason other than the run's error is news: it is shown. A photo the run could not
+    # fetch or decode is not fetched again: "still" its error.
     assert f"no photo: not_found: no such object: file://{tmp_path}/&lt;b&gt;.png" in page
     assert "<div class='noimg'>no photo: still not_found</div>" in page
     assert "<script" not in page and "<b>.png" not in page
