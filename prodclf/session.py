@@ -28,6 +28,9 @@ REQUIRED = {
     # v2 can publish a failed task's output. On S3 the v1 job commit is a non-atomic copy +
     # delete; safe because a run's files are published only by its commit (docs/library.md).
     "spark.hadoop.mapreduce.fileoutputcommitter.algorithm.version": "1",
+    # An overwrite of a partitioned write replaces only the partitions it writes, never
+    # other runs' (prodclf's history write also says so itself).
+    "spark.sql.sources.partitionOverwriteMode": "dynamic",
     # run_date, tagged_at and every time in the library are UTC.
     "spark.sql.session.timeZone": "UTC",
 }
